@@ -33,9 +33,11 @@ JOINT_NAMES: tuple[str, ...] = (
 NUM_JOINTS = len(JOINT_NAMES)
 
 # Left/right pairs, swapped by a horizontal flip.
-FLIP_PAIRS: tuple[tuple[int, int], ...] = ((3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
+FLIP_PAIRS: tuple[tuple[int, int], ...] = (
+    (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16),
+)  # fmt: skip
 
-# Limbs as joint-index pairs (PoseTrack18's skeleton, 0-based), for drawing and rendering.
+# Limbs as joint-index pairs (0-based) for drawing; head_bottom (the neck) joins the shoulders.
 SKELETON: tuple[tuple[int, int], ...] = (
     (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
     (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 5), (1, 6), (0, 3), (0, 4),
@@ -61,6 +63,7 @@ class Person:
     bbox: float32 [4] (x, y, w, h).
     head_bbox: float32 [4] (x, y, w, h) or None.
     score: box score (1.0 for ground truth).
+    keypoint_scores: float32 [17] per-joint confidences of a prediction; None for ground truth.
     """
 
     keypoints: np.ndarray
@@ -69,6 +72,7 @@ class Person:
     track_id: int = -1
     score: float = 1.0
     annotation_id: int = -1
+    keypoint_scores: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -103,6 +107,7 @@ class VideoDataset:
     videos: list[Video]
     fmt: str  # "posetrack18" | "posetrack17" | "coco"
     root: str = ""
+    extra: dict = dataclasses.field(default_factory=dict)  # e.g. how a sparse subset was drawn
 
     def labeled_frames(self):
         """Yields (video index, frame index) of every labeled frame, in order."""

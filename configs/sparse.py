@@ -1,0 +1,170 @@
+r"""PoseWarper from sparse labels: stage 1 (HRNet), stage 2 (warping head), evaluation.
+
+The default runs the whole experiment on the embedded synthetic video data set on a CPU:
+
+  python -m posewarper_jax.main --config configs/sparse.py --workdir runs/sparse
+
+It generates the data set (or reuses it), keeps every 7th frame's labels of the training
+videos (the rest are held back), trains a small HRNet on the labeled frames (stage 1) and the
+warping head with the backbone frozen (stage 2), then evaluates. It finishes in about 15
+minutes on 2 CPU cores and prints where its results are.
+
+Variants (``configs/sparse.py:key=value,...``):
+
+  runlocal        a few steps of each stage, for a smoke test (about a minute).
+  data=posetrack18|posetrack17, root=DIR
+                  a real data set: DIR holds ``images/`` and ``annotations/{train,val}``
+                  (PoseTrack18) or ``annotations/{train,val}`` annolist files (PoseTrack17).
+  paper           the paper's setting: HRNet-W48 at 384x288, the full warping head
+                  (20 blocks x 128 channels, dilations 3,6,12,18,24), 8 pairs per device.
+  backbone=NAME   HRNet variant: tiny, small, w32, w48.
+  V=INT, N=INT    V labeled videos x N labeled frames per video (instead of every 7th frame).
+
+Single fields: ``--config.stage2.lr=3e-4``, ``--config.model.dilations='(3, 6)'``, ...
+
+Sweeps: ``python launch/sweep.py --config configs/sparse.py --sweep dilations`` prints one
+command per run of ``get_sweep()``: the paper's dilation ablation and its V/N grids.
+"""
+
+import ml_collections as mlc
+
+PAPER_DILATIONS = (3, 6, 12, 18, 24)
+
+
+def _parse_arg(arg):
+    """'a=1,b,c=x' -> {'a': '1', 'b': True, 'c': 'x'}."""
+    out = {}
+    for item in (arg or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        out[key.strip()] = value.strip() if eq else True
+    return out
+
+
+KNOWN_ARGS = ("runlocal", "data", "root", "paper", "backbone", "V", "N")
+
+
+def get_config(arg=None):
+    args = _parse_arg(arg)
+    unknown = sorted(set(args) - set(KNOWN_ARGS))
+    if unknown:
+        raise ValueError(f"configs/sparse.py: unknown argument(s) {unknown}; known: {KNOWN_ARGS}")
+
+    c = mlc.ConfigDict()
+    c.seed = 0
+
+    # ------------------------------------------------------------------ data
+    c.data = mlc.ConfigDict()
+    c.data.kind = str(args.get("data", "synthetic"))  # synthetic | posetrack18 | posetrack17
+    c.data.root = str(args.get("root", "data/synthetic"))
+    c.data.synthetic_preset = "default"
+    c.data.synthetic_seed = 0
+    # Annotation locations, relative to data.root unless absolute.
+    c.data.train_ann = "annotations/train"
+    c.data.val_ann = "annotations/val"
+    # Detected person boxes for evaluation (COCO results format); empty: ground-truth boxes.
+    c.data.val_detections = ""
+    c.data.detection_threshold = 0.2
+
+    # ------------------------------------------------------------------ sparse labels
+    c.sparse = mlc.ConfigDict()
+    c.sparse.every_k = 7  # keep every k-th labeled frame of each video (0: use V x N below)
+    c.sparse.num_videos = 0  # V (0: all videos)
+    c.sparse.frames_per_video = 0  # N
+    c.sparse.seed = 0
+    if "V" in args or "N" in args:
+        c.sparse.every_k = 0
+        c.sparse.num_videos = int(args.get("V", 0))
+        c.sparse.frames_per_video = int(args.get("N", 1))
+
+    # ------------------------------------------------------------------ input pipeline
+    c.input = mlc.ConfigDict()
+    c.input.image_size = (128, 96)  # (H, W) crop
+    c.input.sigma = 1.0  # Gaussian sigma in heatmap pixels (3 at 96x72 heatmaps)
+    c.input.support_range = 2  # B drawn from [t_A - R, t_A + R]
+    c.input.num_workers = 0  # Grain decoding processes (0: decode in the main process)
+    c.input.read_threads = 2
+    c.input.flip_prob = 0.5
+    c.input.rotation_factor = 45.0
+    c.input.rotation_prob = 0.6
+    c.input.scale_factor = 0.35
+    c.input.half_body_prob = 0.3
+
+    # ------------------------------------------------------------------ model
+    c.model = mlc.ConfigDict()
+    c.model.backbone = str(args.get("backbone", "small"))
+    c.model.pretrained = ""  # an Orbax checkpoint written by `python -m posewarper_jax.convert`
+    c.model.head_channels = 32
+    c.model.head_blocks = 4
+    c.model.dilations = PAPER_DILATIONS
+    c.model.backbone_bn = "frozen"  # frozen: running stats kept; batch: as the original release
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+
+    # ------------------------------------------------------------------ training
+    def stage(epochs, lr, lr_steps, batch_size):
+        s = mlc.ConfigDict()
+        s.epochs = epochs
+        s.max_steps = 0  # >0 caps the stage's steps (smoke tests)
+        s.batch_size = batch_size  # global batch
+        s.lr = lr
+        s.schedule = "step"  # step | cosine
+        s.lr_steps = lr_steps  # epochs at which the LR is multiplied by lr_factor
+        s.lr_factor = 0.1
+        s.warmup_steps = 0
+        s.weight_decay = 0.0
+        return s
+
+    c.stage1 = stage(epochs=10, lr=1e-3, lr_steps=(5, 7), batch_size=16)
+    c.stage2 = stage(epochs=10, lr=1e-3, lr_steps=(5, 7), batch_size=16)
+
+    c.checkpoint_every = 100  # steps
+    c.keep_checkpoints = 2
+    c.log_every = 20
+
+    # ------------------------------------------------------------------ evaluation
+    c.eval = mlc.ConfigDict()
+    c.eval.batch_size = 32
+    c.eval.propagation_reach = 3
+
+    # ------------------------------------------------------------------ variants
+    if args.get("paper"):
+        c.model.backbone = str(args.get("backbone", "w48"))
+        c.model.head_channels = 128
+        c.model.head_blocks = 20
+        c.input.image_size = (384, 288)
+        c.input.sigma = 3.0
+        c.input.num_workers = 8
+        c.stage1 = stage(epochs=10, lr=1e-4, lr_steps=(5, 7), batch_size=64)
+        c.stage2 = stage(epochs=20, lr=1e-4, lr_steps=(10, 15), batch_size=64)
+        c.checkpoint_every = 1000
+        c.log_every = 100
+    if args.get("runlocal"):
+        c.data.synthetic_preset = "tiny"
+        c.model.backbone = str(args.get("backbone", "tiny"))
+        c.model.head_channels = 16
+        c.model.head_blocks = 2
+        c.model.dilations = (3, 6)
+        for s in (c.stage1, c.stage2):
+            s.max_steps = 4
+            s.batch_size = 8
+        c.checkpoint_every = 2
+        c.log_every = 1
+        c.eval.batch_size = 8
+    return c
+
+
+def get_sweep(arg=None):
+    """Named sweeps: each a list of ``{config field: value}`` overrides, one per run."""
+    del arg
+    dilations = [PAPER_DILATIONS[:n] for n in range(1, len(PAPER_DILATIONS) + 1)]
+    return {
+        # The paper's ablation: (3), (3, 6), ..., (3, 6, 12, 18, 24).
+        "dilations": [{"model.dilations": d} for d in dilations],
+        # Augmentation grid: V in {100, 175, 250} with N = 1, and V = 50 with N in {1, 2, 4}.
+        "vn": [
+            {"sparse.every_k": 0, "sparse.num_videos": v, "sparse.frames_per_video": n}
+            for v, n in [(100, 1), (175, 1), (250, 1), (50, 1), (50, 2), (50, 4)]
+        ],
+    }

@@ -1,0 +1,204 @@
+"""From an ml_collections config to the objects of a run: data, pipeline settings, model.
+
+Only this module and the trainer read the whole config; everything below them takes plain
+keyword arguments. ``validate`` checks the config at start-up so that a bad value fails
+before any work, with the field named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections as mlc
+
+from posewarper_jax.data import pipeline as pipeline_lib
+from posewarper_jax.data import transforms
+from posewarper_jax.data.types import VideoDataset
+from posewarper_jax.models.hrnet import HRNET_VARIANTS, get_hrnet_config
+from posewarper_jax.models.posewarper import BACKBONE_BN_MODES, PoseWarper
+from posewarper_jax.models.warping import WarpingHeadConfig
+
+logger = logging.getLogger(__name__)
+
+DATA_KINDS = ("synthetic", "posetrack18", "posetrack17")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+SCHEDULES = ("step", "cosine")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field."""
+
+
+def _fail(field: str, value: Any, why: str):
+    raise ConfigError(f"config.{field}={value!r}: {why}")
+
+
+def data_path(config: mlc.ConfigDict, rel: str) -> str:
+    """``rel`` resolved against ``config.data.root`` unless it is absolute."""
+    return rel if os.path.isabs(rel) else os.path.join(config.data.root, rel)
+
+
+def validate(config: mlc.ConfigDict) -> None:
+    """Raises ``ConfigError`` naming the first field whose value cannot work.
+
+    Checks that need the data (V larger than the number of videos) happen in
+    ``load_training_data``.
+    """
+    d = config.data
+    if d.kind not in DATA_KINDS:
+        _fail("data.kind", d.kind, f"must be one of {DATA_KINDS}")
+    if d.kind != "synthetic":
+        if not os.path.isdir(d.root):
+            _fail("data.root", d.root, "is not a directory")
+        for field in ("train_ann", "val_ann"):
+            path = data_path(config, d[field])
+            if not os.path.exists(path):
+                _fail(f"data.{field}", d[field], f"does not exist (looked for {path})")
+    if d.val_detections and not os.path.isfile(d.val_detections):
+        _fail("data.val_detections", d.val_detections, "is not a file")
+
+    s = config.sparse
+    for field in ("every_k", "num_videos", "frames_per_video"):
+        if s[field] < 0:
+            _fail(f"sparse.{field}", s[field], "must be >= 0")
+    if s.every_k and s.frames_per_video:
+        _fail("sparse.frames_per_video", s.frames_per_video, "give every_k or N, not both")
+
+    i = config.input
+    if i.sigma <= 0:
+        _fail("input.sigma", i.sigma, "must be > 0")
+    if len(i.image_size) != 2 or any(v <= 0 or v % 32 for v in i.image_size):
+        _fail("input.image_size", i.image_size, "must be (H, W), each a positive multiple of 32")
+    if i.support_range < 0:
+        _fail("input.support_range", i.support_range, "must be >= 0")
+
+    m = config.model
+    if m.backbone not in HRNET_VARIANTS:
+        _fail("model.backbone", m.backbone, f"must be one of {sorted(HRNET_VARIANTS)}")
+    if len(m.dilations) == 0:
+        _fail("model.dilations", m.dilations, "must name at least one dilation rate")
+    if any(int(v) != v or v < 1 for v in m.dilations):
+        _fail("model.dilations", m.dilations, "must be positive integers")
+    if m.head_blocks < 1 or m.head_channels < 1:
+        _fail("model.head_blocks", (m.head_blocks, m.head_channels), "must be positive")
+    if m.backbone_bn not in BACKBONE_BN_MODES:
+        _fail("model.backbone_bn", m.backbone_bn, f"must be one of {BACKBONE_BN_MODES}")
+    if m.dtype not in DTYPES:
+        _fail("model.dtype", m.dtype, f"must be one of {sorted(DTYPES)}")
+    if m.pretrained and not os.path.exists(m.pretrained):
+        _fail("model.pretrained", m.pretrained, "does not exist")
+
+    for name in ("stage1", "stage2"):
+        st = config[name]
+        if st.epochs <= 0 and st.max_steps <= 0:
+            _fail(f"{name}.epochs", st.epochs, "must be > 0 (or set max_steps)")
+        if st.batch_size <= 0:
+            _fail(f"{name}.batch_size", st.batch_size, "must be > 0")
+        if not st.lr > 0:
+            _fail(f"{name}.lr", st.lr, "must be > 0")
+        if st.schedule not in SCHEDULES:
+            _fail(f"{name}.schedule", st.schedule, f"must be one of {SCHEDULES}")
+        if st.warmup_steps < 0:
+            _fail(f"{name}.warmup_steps", st.warmup_steps, "must be >= 0")
+    if config.checkpoint_every <= 0:
+        _fail("checkpoint_every", config.checkpoint_every, "must be > 0")
+    if config.keep_checkpoints <= 0:
+        _fail("keep_checkpoints", config.keep_checkpoints, "must be > 0")
+    if config.log_every <= 0:
+        _fail("log_every", config.log_every, "must be > 0")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def ensure_data(config: mlc.ConfigDict, *, progress: bool = True) -> None:
+    """Generates the synthetic data set under ``data.root`` unless it is already there."""
+    if config.data.kind != "synthetic":
+        return
+    from posewarper_jax.data import synthetic
+
+    syn = synthetic.get_config(config.data.synthetic_preset, seed=config.data.synthetic_seed)
+    synthetic.generate(config.data.root, syn, progress=progress)
+
+
+def load_split(config: mlc.ConfigDict, split: str) -> VideoDataset:
+    """The full annotation of ``split`` ("train" or "val")."""
+    from posewarper_jax.data import posetrack
+
+    ann = data_path(config, config.data[f"{split}_ann"])
+    if config.data.kind == "posetrack17":
+        return posetrack.load_posetrack17(ann, config.data.root)
+    return posetrack.load_posetrack18(ann, config.data.root)
+
+
+def sparse_subset(config: mlc.ConfigDict, dataset: VideoDataset):
+    """(subset, held_back) of ``dataset`` as ``config.sparse`` asks."""
+    from posewarper_jax.data import sparse
+
+    s = config.sparse
+    try:
+        return sparse.make_sparse_subset(
+            dataset,
+            num_videos=s.num_videos or None,
+            frames_per_video=s.frames_per_video or None,
+            every_k=s.every_k or None,
+            seed=s.seed,
+        )
+    except ValueError as e:
+        field = "sparse.num_videos" if "num_videos" in str(e) else "sparse"
+        raise ConfigError(f"config.{field}: {e}") from e
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def pipeline_config(config: mlc.ConfigDict, stage: str, **overrides) -> pipeline_lib.PipelineConfig:
+    """The input pipeline's settings for ``stage`` ("stage1", "stage2", "eval")."""
+    i = config.input
+    aug = transforms.AugmentConfig(
+        flip_prob=i.flip_prob,
+        rotation_factor=i.rotation_factor,
+        rotation_prob=i.rotation_prob,
+        scale_factor=i.scale_factor,
+        half_body_prob=i.half_body_prob,
+    )
+    batch = config.eval.batch_size if stage == "eval" else config[stage].batch_size
+    kwargs = dict(
+        image_size=tuple(i.image_size),
+        sigma=float(i.sigma),
+        support_range=int(i.support_range),
+        aug=aug,
+        augment=stage != "eval",
+        shuffle=stage != "eval",
+        batch_size=int(batch),
+        num_workers=int(i.num_workers),
+        read_threads=int(i.read_threads),
+        seed=int(config.seed),
+    )
+    kwargs.update(overrides)
+    return pipeline_lib.PipelineConfig(**kwargs)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def head_config(config: mlc.ConfigDict) -> WarpingHeadConfig:
+    m = config.model
+    return WarpingHeadConfig(
+        channels=int(m.head_channels),
+        num_blocks=int(m.head_blocks),
+        dilations=tuple(int(d) for d in m.dilations),
+        dtype=DTYPES[m.dtype],
+    )
+
+
+def make_model(config: mlc.ConfigDict) -> PoseWarper:
+    m = config.model
+    hrnet = get_hrnet_config(m.backbone, dtype=DTYPES[m.dtype])
+    head = head_config(config)
+    head = dataclasses.replace(head, num_joints=hrnet.num_joints)
+    return PoseWarper(hrnet_config=hrnet, head_config=head, backbone_bn=m.backbone_bn)

@@ -1,0 +1,26 @@
+"""Entry point: ``python -m posewarper_jax.main --config configs/sparse.py [--workdir DIR]``.
+
+Variants as ``--config configs/sparse.py:key=value,...``; single fields as
+``--config.stage2.lr=3e-4``. The config is locked: a misspelt field fails at start.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from posewarper_jax import distributed, training
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where checkpoints and results go.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.initialize()
+    summary = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    print(f"done: results in {summary['workdir']}", flush=True)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

@@ -1,0 +1,318 @@
+"""Deformable convolution (DCNv1, optional DCNv2 modulation) in pure JAX, NHWC.
+
+Definition, for output pixel (h, w), kernel tap (i, j) (k = i * kw + j), deformable group g:
+
+    y = h - ph + i * dh + dy[g, k](h, w)        x = w - pw + j * dw + dx[g, k](h, w)
+    out[o](h, w) = sum_{k, c} kernel[i, j, c, o] * m[g(c), k](h, w) * sample_c(y, x)
+
+with pixel centres at integers (y down, x right), stride 1, ``m`` the optional DCNv2 mask (1 for
+DCNv1) and ``sample_c`` bilinear sampling of input channel c under the border rule of the
+original CUDA kernels (``posewarper_jax.ops.sampling``): a point with ``y <= -1``, ``y >= H``,
+``x <= -1`` or ``x >= W`` is 0, otherwise each of the 4 corner pixels outside the image counts as
+0. With zero offsets this is exactly a dilated convolution with zero padding.
+
+Offsets keep the channel layout of the CUDA kernels: ``[B, Ho, Wo, G * kh * kw * 2]``, group
+major, then tap ``k = i * kw + j``, then ``(dy, dx)``: channel ``g * 2 * kh * kw + 2 * k`` holds
+dy and the next one dx. Input channel c belongs to group ``c // (Cin // G)``.
+
+Gradients come from autodiff of gathers: the gradients with respect to offsets, mask and kernel
+use no scatter (only the gathered corners and the fractional weights); the one with respect to x
+is a scatter-add. At integer sample coordinates the offset gradient is the one-sided (right)
+derivative, and it is 0 for points outside the open range above, as in the CUDA backward.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from posewarper_jax.ops.sampling import grouped_bilinear_sample, sample_dtype
+
+__all__ = ["deform_conv2d", "deform_conv2d_multi"]
+
+
+def _int_pair(value, name: str, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints, each >= minimum, as a pair."""
+    try:
+        pair = (operator.index(value),) * 2
+    except TypeError:
+        try:
+            pair = tuple(operator.index(v) for v in value)
+        except TypeError:
+            pair = ()
+    if len(pair) != 2 or min(pair) < minimum:
+        raise ValueError(f"{name} must be an int or a pair of ints >= {minimum}, got {value!r}")
+    return pair
+
+
+def _check_float(name: str, array) -> None:
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        raise ValueError(f"{name} must have a floating dtype, got {array.dtype}")
+
+
+def _check_input(x, kernel_shape: tuple[int, ...], kernel_name: str, groups) -> tuple[int, int]:
+    """Checks x against a [kh, kw, Cin, Cout] kernel shape; returns (G, Cin // G)."""
+    _check_float("x", x)
+    if x.ndim != 4:
+        raise ValueError(f"x must be [B, H, W, Cin], got shape {x.shape}")
+    if len(kernel_shape) != 4:
+        raise ValueError(f"{kernel_name} must be [kh, kw, Cin, Cout], got shape {kernel_shape}")
+    cin = x.shape[3]
+    if kernel_shape[2] != cin:
+        raise ValueError(
+            f"{kernel_name} must be [kh, kw, Cin={cin}, Cout] to match x {x.shape}, "
+            f"got shape {kernel_shape}"
+        )
+    try:
+        g = operator.index(groups)
+    except TypeError:
+        g = 0
+    if g < 1 or cin % g:
+        raise ValueError(
+            f"deformable_groups must be a positive int dividing Cin={cin}, got {groups!r}"
+        )
+    return g, cin // g
+
+
+def _sample_points(offsets, out_hw, kernel_hw, dilation, padding, groups, dtype):
+    """Absolute sample points of every (tap, group): y, x ``[B, Ho, Wo, kh * kw, G]``."""
+    b = offsets.shape[0]
+    (ho, wo), (kh, kw), (dh, dw), (ph, pw) = out_hw, kernel_hw, dilation, padding
+    off = offsets.reshape(b, ho, wo, groups, kh * kw, 2).astype(dtype).transpose(0, 1, 2, 4, 3, 5)
+    # Integer tap positions, made float before the offset is added (as the CUDA kernel does).
+    tap_i = np.repeat(np.arange(kh), kw) * dh  # [K]
+    tap_j = np.tile(np.arange(kw), kh) * dw
+    base_y = ((np.arange(ho) - ph)[:, None, None] + tap_i)[..., None]  # [Ho, 1, K, 1]
+    base_x = ((np.arange(wo) - pw)[:, None] + tap_j)[..., None]  # [Wo, K, 1]
+    y = jnp.asarray(base_y, dtype) + off[..., 0]
+    x = jnp.asarray(base_x, dtype) + off[..., 1]
+    return y, x
+
+
+def _check_offsets(name, offsets, shape) -> None:
+    _check_float(name, offsets)
+    if tuple(offsets.shape) != shape:
+        raise ValueError(
+            f"{name} must be [B, Ho, Wo, G * kh * kw * 2] = {shape} (group-major, tap-major, "
+            f"(dy, dx)), got shape {tuple(offsets.shape)}"
+        )
+
+
+def _check_mask(name, mask, shape) -> None:
+    _check_float(name, mask)
+    if tuple(mask.shape) != shape:
+        raise ValueError(
+            f"{name} must be [B, Ho, Wo, G * kh * kw] = {shape} (group-major, tap-major), "
+            f"got shape {tuple(mask.shape)}"
+        )
+
+
+def _contract(cols, kernel, out_dtype, precision):
+    """cols [B, Ho, Wo, F] (any float) @ kernel [F, Cout] -> float32 [B, Ho, Wo, Cout]."""
+    cols = cols.astype(out_dtype)
+    return lax.dot_general(
+        cols,
+        kernel.astype(out_dtype),
+        (((3,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=sample_dtype(out_dtype),
+    )
+
+
+def deform_conv2d(
+    x,
+    offsets,
+    kernel,
+    *,
+    dilation=1,
+    padding=None,
+    deformable_groups: int = 1,
+    mask=None,
+    precision=None,
+):
+    """Deformable 2-D convolution (DCNv1; DCNv2 when ``mask`` is given), stride 1, NHWC.
+
+    See the module docstring for the exact definition and border rule.
+
+    Args:
+      x: ``[B, H, W, Cin]`` float input (f32 or bf16; f64 under x64).
+      offsets: ``[B, Ho, Wo, G * kh * kw * 2]``, CUDA DCN layout: group-major, then tap
+        ``k = i * kw + j``, then (dy, dx); channel ``g * 2 * kh * kw + 2 * k`` is dy (rows, down)
+        and ``+ 1`` is dx (columns, right), in pixels. Sample points are computed in float32
+        (float64 under x64) whatever the dtype of offsets.
+      kernel: ``[kh, kw, Cin, Cout]`` (HWIO), a full kernel (every output sees all Cin).
+      dilation: int or (dh, dw), >= 1.
+      padding: int or (ph, pw), >= 0; default ``(dh * (kh - 1) // 2, dw * (kw - 1) // 2)``,
+        which keeps the size for odd kernels. ``Ho = H + 2 ph - dh (kh - 1)``, likewise Wo.
+      deformable_groups: G, dividing Cin; input channel c uses the offsets of group
+        ``c // (Cin // G)``.
+      mask: optional DCNv2 modulation ``[B, Ho, Wo, G * kh * kw]`` (group-major, tap-major),
+        multiplying each sampled value.
+      precision: passed to the contraction's ``lax.dot_general``.
+
+    Returns:
+      ``[B, Ho, Wo, Cout]`` in ``x.dtype``. Bilinear weights and sampled values are computed in
+      float32; the contraction takes its operands in ``x.dtype`` (kernel is cast to it) and
+      accumulates in float32.
+
+    Raises:
+      ValueError: naming the argument at fault, for any shape, dtype or parameter mismatch.
+    """
+    x, offsets, kernel = jnp.asarray(x), jnp.asarray(offsets), jnp.asarray(kernel)
+    _check_float("kernel", kernel)
+    g, cg = _check_input(x, kernel.shape, "kernel", deformable_groups)
+    b, h, w, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    dh, dw = _int_pair(dilation, "dilation", 1)
+    if padding is None:
+        ph, pw = dh * (kh - 1) // 2, dw * (kw - 1) // 2
+    else:
+        ph, pw = _int_pair(padding, "padding", 0)
+    ho, wo = h + 2 * ph - dh * (kh - 1), w + 2 * pw - dw * (kw - 1)
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"padding {(ph, pw)} and dilation {(dh, dw)} leave no output for x {x.shape} "
+            f"and kernel {kernel.shape}"
+        )
+    k = kh * kw
+    _check_offsets("offsets", offsets, (b, ho, wo, g * k * 2))
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        _check_mask("mask", mask, (b, ho, wo, g * k))
+
+    dtype = sample_dtype(x.dtype, offsets.dtype)
+    y, xs = _sample_points(offsets, (ho, wo), (kh, kw), (dh, dw), (ph, pw), g, dtype)
+    cols = grouped_bilinear_sample(x.reshape(b, h, w, g, cg), y, xs)  # [B, Ho, Wo, K, G, Cg]
+    if mask is not None:
+        m = mask.reshape(b, ho, wo, g, k).transpose(0, 1, 2, 4, 3)  # [B, Ho, Wo, K, G]
+        cols = cols * m[..., None].astype(dtype)
+    # (K, G, Cg) is the (tap, Cin) order of the HWIO kernel.
+    out = _contract(cols.reshape(b, ho, wo, -1), kernel.reshape(-1, cout), x.dtype, precision)
+    return out.astype(x.dtype)
+
+
+def deform_conv2d_multi(
+    x,
+    offsets: Sequence,
+    kernels: Sequence,
+    *,
+    dilations: Sequence[int],
+    deformable_groups: int,
+    mask: Sequence | None = None,
+    reduce: str | None = "mean",
+    precision=None,
+    fused: bool = True,
+):
+    """Several same-size deformable convolutions of one input, one per dilation, then their mean.
+
+    Branch n is ``deform_conv2d(x, offsets[n], kernels[n], dilation=dilations[n],
+    deformable_groups=deformable_groups, mask=mask[n])`` with the default (size-keeping)
+    padding; this is the PoseWarper warping head (3x3 kernels, G = Cin, dilations 3, 6, 12,
+    18, 24).
+
+    With ``fused=True`` all branches share one gather over every (branch, tap) sample point and,
+    for ``reduce="mean"``, one contraction over (branch, tap, channel) (the mean of linear maps
+    is one linear map). ``fused=False`` runs the branches one by one (same result up to float
+    rounding); ``benchmarks/deform_conv.py`` compares the two.
+
+    Args:
+      x: ``[B, H, W, Cin]``.
+      offsets: D arrays ``[B, H, W, G * kh * kw * 2]`` (layout of ``deform_conv2d``).
+      kernels: D arrays ``[kh, kw, Cin, Cout]``, all the same shape, kh and kw odd.
+      dilations: D ints >= 1 (a pair of ints per branch is accepted too).
+      deformable_groups: G, dividing Cin.
+      mask: None, or D arrays ``[B, H, W, G * kh * kw]`` (DCNv2 modulation per branch).
+      reduce: ``"mean"`` -> ``[B, H, W, Cout]``; ``None`` -> stacked ``[D, B, H, W, Cout]``.
+      precision: passed to ``lax.dot_general``.
+      fused: share the gather and contraction across branches (see above).
+
+    Returns:
+      ``x.dtype`` array, shape as given by ``reduce``.
+    """
+    x = jnp.asarray(x)
+    if reduce not in ("mean", None):
+        raise ValueError(f'reduce must be "mean" or None, got {reduce!r}')
+    if isinstance(dilations, (int, np.integer)) or len(dilations) == 0:
+        raise ValueError(f"dilations must be a non-empty sequence, got {dilations!r}")
+    n = len(dilations)
+    dils = [_int_pair(d, f"dilations[{i}]", 1) for i, d in enumerate(dilations)]
+    if len(offsets) != n:
+        raise ValueError(f"offsets must hold one array per dilation ({n}), got {len(offsets)}")
+    if len(kernels) != n:
+        raise ValueError(f"kernels must hold one array per dilation ({n}), got {len(kernels)}")
+    if mask is not None and len(mask) != n:
+        raise ValueError(f"mask must hold one array per dilation ({n}), got {len(mask)}")
+    kernels = [jnp.asarray(kern) for kern in kernels]
+    offsets = [jnp.asarray(o) for o in offsets]
+    masks = None if mask is None else [jnp.asarray(m) for m in mask]
+    kshape = tuple(kernels[0].shape)
+    for i, kern in enumerate(kernels):
+        _check_float(f"kernels[{i}]", kern)
+        if tuple(kern.shape) != kshape:
+            raise ValueError(
+                f"kernels must all have one shape; kernels[0] is {kshape}, "
+                f"kernels[{i}] is {tuple(kern.shape)}"
+            )
+    g, cg = _check_input(x, kshape, "kernels[0]", deformable_groups)
+    kh, kw, _, cout = kshape
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"kernels need odd kh and kw (size-keeping padding), got {kshape}")
+    b, h, w, cin = x.shape
+    k = kh * kw
+    for i in range(n):
+        _check_offsets(f"offsets[{i}]", offsets[i], (b, h, w, g * k * 2))
+        if masks is not None:
+            _check_mask(f"mask[{i}]", masks[i], (b, h, w, g * k))
+
+    if not fused:
+        outs = [
+            deform_conv2d(
+                x,
+                offsets[i],
+                kernels[i],
+                dilation=dils[i],
+                deformable_groups=g,
+                mask=None if masks is None else masks[i],
+                precision=precision,
+            )
+            for i in range(n)
+        ]
+        if reduce is None:
+            return jnp.stack(outs)
+        total = sum(o.astype(sample_dtype(x.dtype)) for o in outs)
+        return (total / n).astype(x.dtype)
+
+    dtype = sample_dtype(x.dtype, *(o.dtype for o in offsets))
+    pts = [
+        _sample_points(
+            offsets[i], (h, w), (kh, kw), dils[i], (dils[i][0] * (kh // 2), dils[i][1] * (kw // 2)),
+            g, dtype,
+        )
+        for i in range(n)
+    ]  # fmt: skip
+    y = jnp.concatenate([p[0] for p in pts], axis=3)  # [B, H, W, D * K, G]
+    xs = jnp.concatenate([p[1] for p in pts], axis=3)
+    cols = grouped_bilinear_sample(x.reshape(b, h, w, g, cg), y, xs)  # [B, H, W, D*K, G, Cg]
+    if masks is not None:
+        m = jnp.concatenate([mk.reshape(b, h, w, g, k) for mk in masks], axis=-1)
+        m = m.reshape(b, h, w, g, n * k).transpose(0, 1, 2, 4, 3)  # [B, H, W, D * K, G]
+        cols = cols * m[..., None].astype(dtype)
+    # (D, K, G, Cg) is the (branch, tap, Cin) order of the stacked HWIO kernels.
+    kstack = jnp.stack(kernels)  # [D, kh, kw, Cin, Cout]
+    if reduce == "mean":
+        out = _contract(cols.reshape(b, h, w, -1), kstack.reshape(-1, cout), x.dtype, precision)
+        return (out / n).astype(x.dtype)
+    # Per-branch outputs: D as a batch axis of the contraction -> [D, B, H, W, Cout].
+    cols = cols.reshape(b, h, w, n, k * cin).astype(x.dtype)
+    out = lax.dot_general(
+        cols,
+        kstack.reshape(n, k * cin, cout).astype(x.dtype),
+        (((4,), (1,)), ((3,), (0,))),
+        precision=precision,
+        preferred_element_type=sample_dtype(x.dtype),
+    )
+    return out.astype(x.dtype)

@@ -1,0 +1,452 @@
+"""The Grain pipelines on a tiny on-disk video data set built here with cv2.
+
+Each frame is dark with a red tint and one white Gaussian blob whose position depends on the
+video and frame, so a crop's content tells which frame it came from and by which transform.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import cv2
+import grain
+import numpy as np
+import pytest
+
+from posewarper_jax.data import pipeline as pl
+from posewarper_jax.data import transforms as T
+from posewarper_jax.data.types import NUM_JOINTS, Frame, Person, Video, VideoDataset
+
+H0, W0 = 120, 160
+N_VIDEOS, N_FRAMES = 2, 8
+SIZE = (64, 48)
+
+
+def blob_pos(v: int, t: int) -> np.ndarray:
+    return np.array([70.0 + 2 * t + 5 * v, 55.0 + t])
+
+
+def _frame_image(v: int, t: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:H0, 0:W0]
+    x, y = blob_pos(v, t)
+    g = 255.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 2.5**2))
+    img = np.repeat(g[:, :, None], 3, axis=2)
+    img[..., 2] = np.maximum(img[..., 2], 60)  # BGR: a red background
+    return np.round(img).astype(np.uint8)
+
+
+def _person0_keypoints(v: int) -> np.ndarray:
+    c = blob_pos(v, 3.5)
+    kp = np.zeros((NUM_JOINTS, 3), np.float32)
+    kp[:, 0] = c[0] - 15 + 30 * np.linspace(0, 1, NUM_JOINTS)
+    kp[:, 1] = c[1] - 25 + 50 * np.linspace(0, 1, NUM_JOINTS) ** 2
+    kp[:, 2] = 1
+    kp[[3, 4], :] = 0  # ears are never labeled
+    return kp
+
+
+def build_dataset(root, labeled_every: int = 2) -> VideoDataset:
+    """2 videos × 8 frames; every 2nd frame labeled with 2 people (+ one with no labeled
+    joint on frame 0)."""
+    videos = []
+    for v in range(N_VIDEOS):
+        frames = []
+        for t in range(N_FRAMES):
+            path = os.path.join(root, f"v{v}", f"{t:06d}.jpg")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            cv2.imwrite(path, _frame_image(v, t), [cv2.IMWRITE_JPEG_QUALITY, 100])
+            labeled = t % labeled_every == 0
+            people = []
+            if labeled:
+                c = blob_pos(v, 3.5)
+                p0 = Person(_person0_keypoints(v), np.array([c[0] - 20, c[1] - 30, 40, 60]))
+                kp1 = np.zeros((NUM_JOINTS, 3), np.float32)
+                kp1[5:12] = [[20 + i, 30 + 3 * i, 1] for i in range(7)]
+                p1 = Person(kp1, np.array([10, 20, 30, 50], np.float32), track_id=7)
+                people = [p0, p1]
+                if t == 0:
+                    people.append(Person(np.zeros((NUM_JOINTS, 3)), np.array([0, 0, 20, 30])))
+            frames.append(Frame(path, t, 1000 * v + t, labeled, people))
+        videos.append(Video(f"v{v}", frames, source=f"v{v}.json"))
+    return VideoDataset(videos, fmt="posetrack18", root=str(root))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return build_dataset(tmp_path_factory.mktemp("frames"))
+
+
+def cfg(**kw) -> pl.PipelineConfig:
+    base = dict(image_size=SIZE, batch_size=4, read_threads=0, sigma=1.0)
+    base.update(kw)
+    return pl.PipelineConfig(**base)
+
+
+def _centroid(gray: np.ndarray) -> np.ndarray:
+    g = np.where(gray > 20, gray.astype(np.float64), 0.0)
+    yy, xx = np.mgrid[0 : g.shape[0], 0 : g.shape[1]]
+    return np.array([(g * xx).sum() / g.sum(), (g * yy).sum() / g.sum()])
+
+
+def _batches_equal(a, b) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="sigma"):
+        pl.PipelineConfig(sigma=-1.0)
+    with pytest.raises(ValueError, match="image_size"):
+        pl.PipelineConfig(image_size=(130, 96))
+    with pytest.raises(ValueError, match="support_range"):
+        pl.PipelineConfig(support_range=-1)
+    with pytest.raises(ValueError, match="eval_edge"):
+        pl.PipelineConfig(eval_edge="wrap")
+    with pytest.raises(ValueError, match="batch_size"):
+        pl.PipelineConfig(batch_size=0)
+    with pytest.raises(ValueError, match="num_workers"):
+        pl.PipelineConfig(num_workers=-2)
+    c = pl.PipelineConfig()
+    assert c.image_size == (128, 96) and c.heatmap_size == (32, 24) and c.aspect_ratio == 0.75
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_train_batch_layout_and_support_frames(data):
+    ds = pl.train_map_dataset(
+        data, cfg(aug=T.AugmentConfig(half_body_prob=0.0)), process_index=0, process_count=1
+    )
+    b = ds[0]
+    assert b["image"].shape == (4, 2, *SIZE, 3) and b["image"].dtype == np.uint8
+    assert b["target"].shape == (4, 16, 12, NUM_JOINTS) and b["target"].dtype == np.float32
+    assert b["target_weight"].shape == (4, NUM_JOINTS) and b["joints"].shape == (4, NUM_JOINTS, 3)
+    for k in ("video", "frame_a", "frame_b", "person"):
+        assert b[k].shape == (4,) and b[k].dtype == np.int32
+    assert b["image_id"].dtype == np.int64 and b["center"].shape == (4, 2)
+    assert b["rotation"].dtype == np.float32 and b["flip"].dtype == np.bool_
+
+    # 16 records, 4 per batch: 10 batches = 2.5 epochs.
+    batches = [ds[i] for i in range(10)]
+    fa = np.concatenate([x["frame_a"] for x in batches])
+    fb = np.concatenate([x["frame_b"] for x in batches])
+    assert np.all(np.abs(fb - fa) <= 2) and np.all((fb >= 0) & (fb < N_FRAMES))
+    assert set((fb - fa).tolist()) == {-2, -1, 0, 1, 2}  # 0 included
+    assert np.any((fa == 0) & (fb == 0))  # clipped at the start
+    flips = np.concatenate([x["flip"] for x in batches])
+    assert 0 < flips.sum() < len(flips)
+    # Only people with a labeled joint: the third person of frame 0 never appears.
+    assert not np.any(np.concatenate([x["person"] for x in batches]) == 2)
+
+    one = pl.train_map_dataset(data, cfg(), paired=False, process_index=0, process_count=1)[0]
+    assert one["image"].shape == (4, 1, *SIZE, 3)
+    np.testing.assert_array_equal(one["frame_a"], one["frame_b"])
+
+
+def test_a_and_b_share_crop_and_augmentation(data):
+    """Find the blob in both crops: each lands where the transform rebuilt from the batch's
+    metadata puts frame A's and frame B's blob; joints and targets follow the same map."""
+    config = cfg(aug=T.AugmentConfig(half_body_prob=0.0))
+    ds = pl.train_map_dataset(data, config, process_index=0, process_count=1)
+    checked = 0
+    for i in range(8):
+        b = ds[i]
+        for r in range(4):
+            if b["person"][r] != 0:
+                continue
+            v = int(b["video"][r])
+            m = T.crop_transform(
+                b["center"][r], b["scale"][r], float(b["rotation"][r]), SIZE,
+                flip=bool(b["flip"][r]), image_width=W0,
+            )  # fmt: skip
+            for t, frame in enumerate((b["frame_a"][r], b["frame_b"][r])):
+                crop = b["image"][r, t]
+                # JPEG and bilinear resampling: the blob's centroid within 0.5 crop px.
+                np.testing.assert_allclose(
+                    _centroid(crop[..., 1]), T.affine_points(blob_pos(v, int(frame)), m), atol=0.5
+                )
+                # RGB order: the red background is in channel 0 where the crop is inside.
+                inside = crop[..., 1] < 5
+                assert crop[..., 0][inside].mean() > 40 > crop[..., 2][inside].mean()
+            if b["frame_a"][r] == b["frame_b"][r]:
+                np.testing.assert_array_equal(b["image"][r, 0], b["image"][r, 1])
+            kp = _person0_keypoints(v)
+            xy = T.affine_points(kp[:, :2], m)
+            lab = kp[:, 2] > 0
+            if b["flip"][r]:
+                xy, lab = T.swap_left_right(xy), T.swap_left_right(lab)
+            np.testing.assert_allclose(b["joints"][r, lab, :2], xy[lab], atol=1e-3)
+            np.testing.assert_array_equal(b["joints"][r, :, 2], lab)
+            ref_t, ref_w = T.gaussian_targets(xy, lab, (16, 12), SIZE, 1.0)
+            np.testing.assert_allclose(b["target"][r], ref_t, atol=1e-6)
+            np.testing.assert_array_equal(b["target_weight"][r], ref_w)
+            checked += 1
+    assert checked >= 8
+
+
+def test_determinism_seeds_and_epochs(data):
+    def first(config, n=3):
+        ds = pl.train_map_dataset(data, config, process_index=0, process_count=1)
+        return [ds[i] for i in range(n)]
+
+    a, b = first(cfg(seed=5)), first(cfg(seed=5))
+    assert all(_batches_equal(x, y) for x, y in zip(a, b))
+    c = first(cfg(seed=6))
+    assert not all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, c))
+    # Thread-prefetched iteration gives the same batches as random access.
+    it = iter(pl.train_dataset(data, cfg(seed=5, read_threads=3), process_index=0, process_count=1))
+    assert all(_batches_equal(next(it), x) for x in a)
+
+    # Each epoch visits every record once, in a new order.
+    ds = pl.train_map_dataset(data, cfg(num_epochs=2), process_index=0, process_count=1)
+    assert len(ds) == 8 and pl.steps_per_epoch(data, cfg()) == 4
+    keys = [
+        list(zip(x["video"].tolist(), x["frame_a"].tolist(), x["person"].tolist()))
+        for x in (ds[i] for i in range(8))
+    ]
+    e0, e1 = sum(keys[:4], []), sum(keys[4:], [])
+    assert len(set(e0)) == 16 and set(e0) == set(e1) and e0 != e1
+
+
+def test_process_slices_partition_the_global_batch(data):
+    config = cfg(batch_size=8)
+    glob = pl.train_map_dataset(data, config, process_index=0, process_count=1)
+    ev_glob = pl.eval_map_dataset(data, config, process_index=0, process_count=1)
+    for count in (2, 4):
+        parts = [
+            pl.train_map_dataset(data, config, process_index=p, process_count=count)
+            for p in range(count)
+        ]
+        ev_parts = [
+            pl.eval_map_dataset(data, config, process_index=p, process_count=count)
+            for p in range(count)
+        ]
+        assert len(ev_parts[0]) == len(ev_glob)
+        for i in (0, 3):
+            whole = {k: np.concatenate([p[i][k] for p in parts]) for k in glob[i]}
+            assert _batches_equal(whole, glob[i])
+        last = len(ev_glob) - 1
+        whole = {k: np.concatenate([p[last][k] for p in ev_parts]) for k in ev_glob[last]}
+        assert _batches_equal(whole, ev_glob[last])
+    with pytest.raises(ValueError, match="divisible"):
+        pl.train_map_dataset(data, config, process_index=0, process_count=3)
+
+
+def test_resume_from_state_and_orbax(data, tmp_path):
+    import orbax.checkpoint as ocp
+
+    config = cfg(read_threads=2)
+    it = iter(pl.train_dataset(data, config, process_index=0, process_count=1))
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",)) as mngr:
+        mngr.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+        mngr.wait_until_finished()
+    expected = [next(it) for _ in range(3)]
+
+    fresh = iter(pl.train_dataset(data, config, process_index=0, process_count=1))
+    fresh.set_state(state)
+    assert all(_batches_equal(next(fresh), e) for e in expected)
+
+    fresh = iter(pl.train_dataset(data, config, process_index=0, process_count=1))
+    with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",)) as mngr:
+        restored = mngr.restore(
+            3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh))
+        )["data"]
+    assert all(_batches_equal(next(restored), e) for e in expected)
+
+
+def test_worker_processes_same_batches_and_exact_resume(data):
+    """Two spawned decoding workers: batches equal the in-process ones; resume is exact."""
+    ref = pl.train_map_dataset(data, cfg(), process_index=0, process_count=1)
+    it = iter(pl.train_dataset(data, cfg(num_workers=2), process_index=0, process_count=1))
+    try:
+        for i in range(3):
+            assert _batches_equal(next(it), ref[i])
+        state = it.get_state()
+        assert _batches_equal(next(it), ref[3])
+        it.set_state(state)  # rewinds the same workers
+        for i in (3, 4, 5):
+            assert _batches_equal(next(it), ref[i])
+    finally:
+        it.close()
+    fresh = iter(pl.train_dataset(data, cfg(num_workers=2), process_index=0, process_count=1))
+    try:
+        fresh.set_state(state)  # a restarted job: new workers
+        for i in (3, 4):
+            assert _batches_equal(next(fresh), ref[i])
+    finally:
+        fresh.close()
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def test_eval_windows_padding_and_mask(data):
+    config = cfg(eval_offsets=(-2, -1, 0, 1, 2))
+    ds = pl.eval_map_dataset(data, config, process_index=0, process_count=1)
+    # 2 videos × (4 labeled frames × 2 people + 1 extra on frame 0) = 18 rows -> 5 batches.
+    assert len(ds) == 5
+    rows = {k: np.concatenate([ds[i][k] for i in range(5)]) for k in ds[0]}
+    assert rows["image"].shape == (20, 5, *SIZE, 3)
+    np.testing.assert_array_equal(rows["mask"], [True] * 18 + [False] * 2)
+    assert not rows["image"][18:].any() and not rows["frame_valid"][18:].any()
+    real = rows["frame"][:18]
+    np.testing.assert_array_equal(
+        rows["frame_index"][:18], np.clip(real[:, None] + np.arange(-2, 3), 0, N_FRAMES - 1)
+    )
+    assert rows["frame_valid"][:18].all()
+    # Every window frame is cropped with the centre frame's box.
+    for r in np.flatnonzero((rows["person"] == 0) & rows["mask"]):
+        v = int(rows["video"][r])
+        m = T.get_affine_transform(rows["center"][r], rows["scale"][r], 0.0, SIZE)
+        for t in range(5):
+            np.testing.assert_allclose(
+                _centroid(rows["image"][r, t, ..., 1]),
+                T.affine_points(blob_pos(v, int(rows["frame_index"][r, t])), m),
+                atol=0.5,
+            )
+    # The person without a labeled joint is evaluated, with zero target weights.
+    extra = (rows["person"] == 2) & rows["mask"]
+    assert extra.sum() == 2 and not rows["target_weight"][extra].any()
+
+    masked = pl.eval_map_dataset(data, cfg(eval_edge="mask"), process_index=0, process_count=1)
+    b = masked[0]
+    assert b["frame"][0] == 0  # frames -2, -1 do not exist
+    np.testing.assert_array_equal(b["frame_valid"][0], [False, False, True, True, True])
+    np.testing.assert_array_equal(b["frame_index"][0], [-1, -1, 0, 1, 2])
+    assert not b["image"][0, :2].any() and b["image"][0, 2:].any()
+
+
+def test_eval_detection_box_sources(data):
+    dets = {
+        ("v0", 1): [Person(None, np.array([50, 20, 40, 60], np.float32), score=0.7)],
+        ("v1", 5): [Person(None, np.array([50, 20, 40, 60], np.float32), score=0.4)] * 2,
+    }
+    config = cfg()
+    by_map = pl.eval_map_dataset(
+        data, config, boxes=dets, frames="all", process_index=0, process_count=1
+    )
+    by_fn = pl.eval_map_dataset(
+        data,
+        config,
+        boxes=lambda name, f: dets.get((name, f), []),
+        frames="all",
+        process_index=0,
+        process_count=1,
+    )
+    # A data set of detections shaped like the data (what the detection reader returns).
+    det_data = VideoDataset(
+        [
+            Video(v.name, [Frame(f.path, f.index, f.image_id, f.is_labeled,
+                                 list(dets.get((v.name, f.index), []))) for f in v.frames], "d")
+            for v in data.videos
+        ],
+        fmt="posetrack18",
+    )  # fmt: skip
+    by_data = pl.eval_map_dataset(
+        data, config, boxes=det_data, frames="all", process_index=0, process_count=1
+    )
+    assert len(by_map) == 1 and _batches_equal(by_map[0], by_fn[0])
+    assert _batches_equal(by_map[0], by_data[0])
+    b = by_map[0]
+    np.testing.assert_array_equal(b["mask"], [True, True, True, False])
+    np.testing.assert_array_equal(b["video"][:3], [0, 1, 1])
+    np.testing.assert_array_equal(b["frame"][:3], [1, 5, 5])
+    np.testing.assert_allclose(b["score"][:3], [0.7, 0.4, 0.4])
+    assert not b["target_weight"].any()
+    # Only labeled frames by default: frames 1 and 5 are unlabeled.
+    none = pl.eval_map_dataset(data, config, boxes=dets, process_index=0, process_count=1)
+    assert len(none) == 0
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def own_data(tmp_path):
+    return build_dataset(tmp_path)
+
+
+def test_missing_and_corrupt_images_name_file_and_record(own_data):
+    bad = own_data.videos[0].frames[2].path
+    os.remove(bad)
+    config = cfg(shuffle=False, augment=False)
+    ds = pl.train_map_dataset(own_data, config, paired=False, process_index=0, process_count=1)
+    # Records in order: v0 f0 p0, p1, (f0 p2 has no joints), v0 f2 p0 ...
+    with pytest.raises(pl.BadImageError, match="missing") as err:
+        ds[0]
+    msg = str(err.value)
+    assert bad in msg and "video 'v0'" in msg and "frame 2" in msg and "person 0" in msg
+
+    with open(bad, "wb") as f:
+        f.write(b"\xff\xd8 this is not a JPEG")
+    it = iter(pl.train_dataset(own_data, cfg(shuffle=False, read_threads=2, augment=False)))
+    with pytest.raises(pl.BadImageError, match="unreadable") as err:
+        next(it)
+    assert bad in str(err.value) and "video 'v0'" in str(err.value)
+
+    ev = pl.eval_map_dataset(own_data, config, process_index=0, process_count=1)
+    with pytest.raises(pl.BadImageError, match="window frame 2"):
+        ev[0]
+
+
+def test_skip_bad_images_counts_and_replaces_deterministically(own_data):
+    os.remove(own_data.videos[0].frames[2].path)
+    config = cfg(shuffle=False, augment=False, skip_bad_images=True)
+    ds = pl.train_map_dataset(own_data, config, paired=False, process_index=0, process_count=1)
+    before = pl.bad_image_count()
+    with pytest.warns(pl.BadImageWarning, match="000002.jpg"):
+        epoch = [ds[i] for i in range(4)]
+    # Records 2 and 3 (v0 f2 p0/p1) are bad; both become record 4 (v0 f4 p0): 3 failed reads.
+    assert pl.bad_image_count() - before == 3
+    rep = np.concatenate([b["replaced"] for b in epoch])
+    np.testing.assert_array_equal(np.flatnonzero(rep), [2, 3])
+    fa = np.concatenate([b["frame_a"] for b in epoch])
+    pe = np.concatenate([b["person"] for b in epoch])
+    assert not np.any((fa == 2) & (np.concatenate([b["video"] for b in epoch]) == 0))
+    assert fa[2] == fa[3] == fa[4] == 4 and pe[2] == pe[3] == pe[4] == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pl.BadImageWarning)
+        again = [ds[i] for i in range(4)]
+    assert all(_batches_equal(a, b) for a, b in zip(epoch, again))
+
+    # Evaluation: a missing window frame is flagged invalid and its row kept; a missing
+    # centre frame masks the row out. Rows: v0 f0 p0-p2, v0 f2 p0-p1, v0 f4 p0 ...
+    ev = pl.eval_map_dataset(own_data, config, process_index=0, process_count=1)
+    with pytest.warns(pl.BadImageWarning):
+        b0, b1 = ev[0], ev[1]
+    assert b0["frame"][3] == 2 and not b0["mask"][3] and b0["mask"][:3].all()
+    assert b1["frame"][1] == 4 and b1["mask"][1]
+    np.testing.assert_array_equal(b1["frame_valid"][1], [False, True, True, True, True])
+    assert not b1["image"][1, 0].any() and b1["image"][1, 1].any()
+
+
+def test_wrong_keypoint_shape_names_the_record(tmp_path):
+    data = build_dataset(tmp_path)
+    data.videos[1].frames[4].people[1].keypoints = np.zeros((15, 3), np.float32)
+    with pytest.raises(ValueError, match=r"video 'v1' frame 4 person 1.*\(15, 3\)"):
+        pl.train_map_dataset(data, cfg(), process_index=0, process_count=1)
+    with pytest.raises(ValueError, match=r"video 'v1' frame 4 person 1"):
+        pl.eval_map_dataset(data, cfg(), process_index=0, process_count=1)
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def test_make_global_batch_on_fake_devices(data):
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+    local = pl.train_map_dataset(data, cfg(batch_size=8), process_index=0, process_count=1)[0]
+    glob = pl.make_global_batch(local, mesh)
+    assert "image_id" not in glob  # 64-bit ids stay on the host
+    for k, arr in glob.items():
+        assert arr.shape == local[k].shape
+        assert arr.sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec("data")), arr.ndim)
+        np.testing.assert_array_equal(np.asarray(arr), local[k])
