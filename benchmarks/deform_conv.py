@@ -88,12 +88,17 @@ def _bench_jax(name, fn, x, offsets, kernels, cot, iters, info):
 
     argnums = (1,) if name == "lax_conv" else (0, 1)  # the conv has no offsets
     bwd = jax.jit(jax.grad(loss, argnums=argnums))
-    for mode, f, args in (("fwd", fwd, (x, offsets, kernels)), ("fwd_bwd", bwd, (offsets, kernels, x))):
+    for mode, f, args in (
+        ("fwd", fwd, (x, offsets, kernels)),
+        ("fwd_bwd", bwd, (offsets, kernels, x)),
+    ):
         t0 = time.perf_counter()
         compiled = f.lower(*args).compile()
         compile_s = time.perf_counter() - t0
         ms = _time(compiled, args, iters)
-        rows.append(dict(info, case=name, mode=mode, median_ms=round(ms, 2), compile_s=round(compile_s, 2)))
+        rows.append(
+            dict(info, case=name, mode=mode, median_ms=round(ms, 2), compile_s=round(compile_s, 2))
+        )
     return rows
 
 
@@ -118,14 +123,24 @@ def _torch_rows(x, offsets, kernels, cot, iters, info, jax_out):
         inp = xt.reshape(b * g, 1, h, w)
         for off, k, d in zip(offs, ks, DILATIONS):
             off = off.reshape(b, h, w, g, 9, 2).permute(0, 3, 4, 1, 2, 5)  # [B, G, 9, H, W, 2]
-            base_y = torch.arange(h).view(1, 1, 1, h, 1) - d + torch.from_numpy(ii.reshape(1, 1, 9, 1, 1) * d)
-            base_x = torch.arange(w).view(1, 1, 1, 1, w) - d + torch.from_numpy(jj.reshape(1, 1, 9, 1, 1) * d)
+            base_y = (
+                torch.arange(h).view(1, 1, 1, h, 1)
+                - d
+                + torch.from_numpy(ii.reshape(1, 1, 9, 1, 1) * d)
+            )
+            base_x = (
+                torch.arange(w).view(1, 1, 1, 1, w)
+                - d
+                + torch.from_numpy(jj.reshape(1, 1, 9, 1, 1) * d)
+            )
             y = base_y + off[..., 0].float()
             xx = base_x + off[..., 1].float()
             # align_corners=True: -1 and +1 are the centres of the first and last pixels.
             grid = torch.stack([2 * xx / (w - 1) - 1, 2 * y / (h - 1) - 1], -1).to(tdtype)
             grid = grid.reshape(b * g, 9 * h, w, 2)
-            cols = F.grid_sample(inp, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+            cols = F.grid_sample(
+                inp, grid, mode="bilinear", padding_mode="zeros", align_corners=True
+            )
             cols = cols.reshape(b, g, 9, h, w)  # [B, Cin, K, H, W]
             total = total + torch.einsum("bckhw,kco->bhwo", cols, k.reshape(9, c, -1))
         return total / len(DILATIONS)
@@ -162,7 +177,9 @@ def _torch_rows(x, offsets, kernels, cot, iters, info, jax_out):
     try:
         import torchvision  # noqa: F401
     except ImportError:
-        rows.append(dict(info, case="torchvision_deform_conv2d", skipped="torchvision is not importable"))
+        rows.append(
+            dict(info, case="torchvision_deform_conv2d", skipped="torchvision is not importable")
+        )
     else:
         rows.extend(_torchvision_rows(xt, offs_t, ks_t, cot_t, iters, info))
     return rows
@@ -182,6 +199,7 @@ def _torchvision_rows(xt, offs_t, ks_t, cot_t, iters, info):
 
     rows = []
     for mode in ("fwd", "fwd_bwd"):
+
         def step(mode=mode):
             if mode == "fwd":
                 with torch.no_grad():

@@ -559,11 +559,6 @@ def plan_conversion(
     if target == "posewarper":
         if source_head is not None:
             out_head, head_source = source_head, "checkpoint"
-            if head_config is not None or head_variant is not None:
-                problems.append(
-                    "the source has a warping head: a head configuration or variant applies "
-                    "only to a freshly initialised head"
-                )
         else:
             out_head = _fresh_head(head_config, head_variant, j, dilations)
             head_source = "initialised"
@@ -572,6 +567,14 @@ def plan_conversion(
                     f"head_config.num_joints={out_head.num_joints} differs from the "
                     f"backbone's {j} joints"
                 )
+    if head_source != "initialised" and (head_config is not None or head_variant is not None):
+        problems.append(
+            "a head configuration or variant applies only to a freshly initialised head "
+            f"(target 'posewarper' from a source without one); here the target is {target!r}"
+            + (" and the source has a head" if source_head is not None else "")
+        )
+    if out_head is None and source_head is None and dilations is not None:
+        problems.append(f"dilations {dilations} given, but there is no warping head")
     if problems:
         raise ConversionError(problems, source)
 

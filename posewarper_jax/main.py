@@ -4,7 +4,7 @@ Variants as ``--config configs/sparse.py:key=value,...``; single fields as
 ``--config.stage2.lr=3e-4``. The config is locked: a misspelt field fails at start.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from posewarper_jax import distributed, training
@@ -16,6 +16,9 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where checkpoints and
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        # Orbax and Grain log every save at INFO; the console keeps to progress lines.
+        logging.set_verbosity(logging.WARNING)
     distributed.initialize()
     summary = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     print(f"done: results in {summary['workdir']}", flush=True)

@@ -211,7 +211,7 @@ def run_stage(
     mesh = data_mesh() if mesh is None else mesh
     stage_dir = os.path.join(workdir, name)
     done_file = os.path.join(stage_dir, "done.json")
-    spe = pipeline_lib.steps_per_epoch(dataset, pipe_cfg)
+    spe = max(1, pipeline_lib.steps_per_epoch(dataset, pipe_cfg))
     total = stage_steps(stage_cfg, spe)
     schedule = learning_rate_schedule(stage_cfg, spe, total)
     tx = make_optimizer(stage_cfg, stage, schedule)

@@ -232,9 +232,10 @@ def _conv_count(jaxpr) -> int:
 def test_frozen_backbone_stage2_step(variables):
     """Default ``backbone_bn="frozen"``, train-mode pair step: the backbone's batch_stats come
     back bitwise unchanged and its heatmaps are the eval-mode ones, the head's stats move;
-    backbone gradients are exactly 0, the head's are not; and the gradient computation holds
-    no backbone backward pass at all (its jaxpr has as many convolutions as with a
-    backbone that is not frozen minus the backbone's backward ones)."""
+    backbone gradients are exactly 0, the head's are not. And no backbone gradient is
+    computed at all: the gradient's jaxpr holds the backbone's forward convolutions plus
+    those of the head's own gradient, and none of the backward ones that an unfrozen
+    backbone adds."""
     v = variables[1]
     out, *_ = _run_modes(variables[1])
     frames = _frames(10, 2)  # the frames of _run_modes: out["hm2"] are their eval heatmaps
@@ -251,12 +252,23 @@ def test_frozen_backbone_stage2_step(variables):
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads["head"])) > 0
 
     bb_fwd = _conv_count(jax.make_jaxpr(partial(MODEL.apply, method="heatmaps"))(v, frames).jaxpr)
+
+    def head_loss(hp, f_a, f_b):
+        head_vars = {"params": hp, "batch_stats": v["batch_stats"]["head"]}
+        warped, _ = WarpingHead(HEAD).apply(
+            head_vars, f_a - f_b, f_b, True, mutable=["batch_stats"]
+        )
+        return jnp.mean((warped - target) ** 2)
+
+    f = out["hm2"][:, 0]
+    head_grad = _conv_count(jax.make_jaxpr(jax.grad(head_loss))(v["params"]["head"], f, f).jaxpr)
     n = {}
     for freeze in (True, False):
         model = PoseWarper(HR, HEAD, freeze_backbone=freeze)
         n[freeze] = _conv_count(
             jax.make_jaxpr(partial(_stage2_step, model))(v, frames, target).jaxpr
         )
+    assert n[True] == bb_fwd + head_grad
     # Unfrozen, each backbone conv adds at least one backward conv (input or kernel grad).
     assert n[False] - n[True] >= bb_fwd
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from posewarper_jax.ops.sampling import grouped_bilinear_sample, sample_dtype
+from posewarper_jax.ops.sampling import corner_table, sample_corner_table, sample_dtype
 
 __all__ = ["deform_conv2d", "deform_conv2d_multi"]
 
@@ -123,6 +123,18 @@ def _contract(cols, kernel, out_dtype, precision):
     )
 
 
+def _columns(table, image_hw, offsets, mask, kernel_hw, dilation, padding, out_hw, groups, dtype):
+    """Sampled columns of one deformable conv: [B, Ho, Wo, K * G * Cg] ((tap, Cin) order)."""
+    b = offsets.shape[0]
+    (ho, wo), k = out_hw, kernel_hw[0] * kernel_hw[1]
+    y, xs = _sample_points(offsets, out_hw, kernel_hw, dilation, padding, groups, dtype)
+    cols = sample_corner_table(table, image_hw, y, xs)  # [B, Ho, Wo, K, G, Cg]
+    if mask is not None:
+        m = mask.reshape(b, ho, wo, groups, k).transpose(0, 1, 2, 4, 3)  # [B, Ho, Wo, K, G]
+        cols = cols * m[..., None].astype(dtype)
+    return cols.reshape(b, ho, wo, -1)
+
+
 def deform_conv2d(
     x,
     offsets,
@@ -185,13 +197,10 @@ def deform_conv2d(
         _check_mask("mask", mask, (b, ho, wo, g * k))
 
     dtype = sample_dtype(x.dtype, offsets.dtype)
-    y, xs = _sample_points(offsets, (ho, wo), (kh, kw), (dh, dw), (ph, pw), g, dtype)
-    cols = grouped_bilinear_sample(x.reshape(b, h, w, g, cg), y, xs)  # [B, Ho, Wo, K, G, Cg]
-    if mask is not None:
-        m = mask.reshape(b, ho, wo, g, k).transpose(0, 1, 2, 4, 3)  # [B, Ho, Wo, K, G]
-        cols = cols * m[..., None].astype(dtype)
-    # (K, G, Cg) is the (tap, Cin) order of the HWIO kernel.
-    out = _contract(cols.reshape(b, ho, wo, -1), kernel.reshape(-1, cout), x.dtype, precision)
+    table = corner_table(x.reshape(b, h, w, g, cg))
+    cols = _columns(table, (h, w), offsets, mask, (kh, kw), (dh, dw), (ph, pw), (ho, wo), g, dtype)
+    # cols' (tap, Cin) order is the HWIO kernel's.
+    out = _contract(cols, kernel.reshape(-1, cout), x.dtype, precision)
     return out.astype(x.dtype)
 
 
@@ -200,38 +209,47 @@ def deform_conv2d_multi(
     offsets: Sequence,
     kernels: Sequence,
     *,
-    dilations: Sequence[int],
+    dilations: Sequence,
     deformable_groups: int,
     mask: Sequence | None = None,
     reduce: str | None = "mean",
     precision=None,
-    fused: bool = True,
+    fused: bool = False,
 ):
     """Several same-size deformable convolutions of one input, one per dilation, then their mean.
 
     Branch n is ``deform_conv2d(x, offsets[n], kernels[n], dilation=dilations[n],
     deformable_groups=deformable_groups, mask=mask[n])`` with the default (size-keeping)
     padding; this is the PoseWarper warping head (3x3 kernels, G = Cin, dilations 3, 6, 12,
-    18, 24).
+    18, 24), whose output is the mean of the branches.
 
-    With ``fused=True`` all branches share one gather over every (branch, tap) sample point and,
-    for ``reduce="mean"``, one contraction over (branch, tap, channel) (the mean of linear maps
-    is one linear map). ``fused=False`` runs the branches one by one (same result up to float
-    rounding); ``benchmarks/deform_conv.py`` compares the two.
+    Two equivalent evaluations (equal up to float rounding):
+
+    * ``fused=False`` (default): the corner table of x is built once and shared; each branch
+      gathers its own samples and is contracted with its kernel, accumulated in float32.
+    * ``fused=True``: one gather over all (branch, tap) sample points and, for ``"mean"``, one
+      contraction over (branch, tap, channel) (the mean of linear maps is one linear map).
+
+    ``benchmarks/deform_conv.py`` compares them with D separate ``deform_conv2d`` calls. On CPU
+    the fused form was measured slower (its concatenated sample points are materialised; the
+    contraction is a small share of the time), so it is not the default.
 
     Args:
       x: ``[B, H, W, Cin]``.
       offsets: D arrays ``[B, H, W, G * kh * kw * 2]`` (layout of ``deform_conv2d``).
       kernels: D arrays ``[kh, kw, Cin, Cout]``, all the same shape, kh and kw odd.
-      dilations: D ints >= 1 (a pair of ints per branch is accepted too).
+      dilations: D ints >= 1 (or (dh, dw) pairs).
       deformable_groups: G, dividing Cin.
       mask: None, or D arrays ``[B, H, W, G * kh * kw]`` (DCNv2 modulation per branch).
       reduce: ``"mean"`` -> ``[B, H, W, Cout]``; ``None`` -> stacked ``[D, B, H, W, Cout]``.
       precision: passed to ``lax.dot_general``.
-      fused: share the gather and contraction across branches (see above).
+      fused: see above.
 
     Returns:
       ``x.dtype`` array, shape as given by ``reduce``.
+
+    Raises:
+      ValueError: naming the argument at fault.
     """
     x = jnp.asarray(x)
     if reduce not in ("mean", None):
@@ -248,7 +266,7 @@ def deform_conv2d_multi(
         raise ValueError(f"mask must hold one array per dilation ({n}), got {len(mask)}")
     kernels = [jnp.asarray(kern) for kern in kernels]
     offsets = [jnp.asarray(o) for o in offsets]
-    masks = None if mask is None else [jnp.asarray(m) for m in mask]
+    masks = [None] * n if mask is None else [jnp.asarray(m) for m in mask]
     kshape = tuple(kernels[0].shape)
     for i, kern in enumerate(kernels):
         _check_float(f"kernels[{i}]", kern)
@@ -265,39 +283,32 @@ def deform_conv2d_multi(
     k = kh * kw
     for i in range(n):
         _check_offsets(f"offsets[{i}]", offsets[i], (b, h, w, g * k * 2))
-        if masks is not None:
+        if masks[i] is not None:
             _check_mask(f"mask[{i}]", masks[i], (b, h, w, g * k))
 
-    if not fused:
-        outs = [
-            deform_conv2d(
-                x,
-                offsets[i],
-                kernels[i],
-                dilation=dils[i],
-                deformable_groups=g,
-                mask=None if masks is None else masks[i],
-                precision=precision,
-            )
-            for i in range(n)
-        ]
-        if reduce is None:
-            return jnp.stack(outs)
-        total = sum(o.astype(sample_dtype(x.dtype)) for o in outs)
-        return (total / n).astype(x.dtype)
-
     dtype = sample_dtype(x.dtype, *(o.dtype for o in offsets))
+    acc = sample_dtype(x.dtype)  # float32 accumulation (float64 under x64)
+    table = corner_table(x.reshape(b, h, w, g, cg))  # shared by all branches
+    pads = [(dh * (kh // 2), dw * (kw // 2)) for dh, dw in dils]
+
+    if not fused:
+        outs = []
+        for i in range(n):
+            cols = _columns(
+                table, (h, w), offsets[i], masks[i], (kh, kw), dils[i], pads[i], (h, w), g, dtype
+            )
+            outs.append(_contract(cols, kernels[i].reshape(-1, cout), x.dtype, precision))
+        if reduce is None:
+            return jnp.stack(outs).astype(x.dtype)
+        return (sum(outs) / n).astype(x.dtype)
+
     pts = [
-        _sample_points(
-            offsets[i], (h, w), (kh, kw), dils[i], (dils[i][0] * (kh // 2), dils[i][1] * (kw // 2)),
-            g, dtype,
-        )
-        for i in range(n)
-    ]  # fmt: skip
+        _sample_points(offsets[i], (h, w), (kh, kw), dils[i], pads[i], g, dtype) for i in range(n)
+    ]
     y = jnp.concatenate([p[0] for p in pts], axis=3)  # [B, H, W, D * K, G]
     xs = jnp.concatenate([p[1] for p in pts], axis=3)
-    cols = grouped_bilinear_sample(x.reshape(b, h, w, g, cg), y, xs)  # [B, H, W, D*K, G, Cg]
-    if masks is not None:
+    cols = sample_corner_table(table, (h, w), y, xs)  # [B, H, W, D * K, G, Cg]
+    if mask is not None:
         m = jnp.concatenate([mk.reshape(b, h, w, g, k) for mk in masks], axis=-1)
         m = m.reshape(b, h, w, g, n * k).transpose(0, 1, 2, 4, 3)  # [B, H, W, D * K, G]
         cols = cols * m[..., None].astype(dtype)
@@ -307,12 +318,11 @@ def deform_conv2d_multi(
         out = _contract(cols.reshape(b, h, w, -1), kstack.reshape(-1, cout), x.dtype, precision)
         return (out / n).astype(x.dtype)
     # Per-branch outputs: D as a batch axis of the contraction -> [D, B, H, W, Cout].
-    cols = cols.reshape(b, h, w, n, k * cin).astype(x.dtype)
     out = lax.dot_general(
-        cols,
+        cols.reshape(b, h, w, n, k * cin).astype(x.dtype),
         kstack.reshape(n, k * cin, cout).astype(x.dtype),
         (((4,), (1,)), ((3,), (0,))),
         precision=precision,
-        preferred_element_type=sample_dtype(x.dtype),
+        preferred_element_type=acc,
     )
     return out.astype(x.dtype)

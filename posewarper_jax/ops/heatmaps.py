@@ -19,8 +19,10 @@ The decoding is HRNet's ``get_final_preds`` (deep-high-resolution-net.pytorch,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
 PIXEL_STD = 200.0
 
 
+@functools.partial(jax.jit, static_argnames="nonpositive")
 def decode_heatmaps(
     heatmaps: jnp.ndarray, *, nonpositive: str = "zero"
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -154,6 +157,14 @@ def heatmap_to_image_coords(
     Returns:
       float32 ``[..., J, 2]`` (x, y) image pixels (float64 if an input is float64 under x64).
     """
+    if len(heatmap_size) != 2:
+        raise ValueError(f"heatmap_size must be (h, w), got {heatmap_size!r}")
+    size = (int(heatmap_size[0]), int(heatmap_size[1]))
+    return _heatmap_to_image(coords, center, scale, rotation, size)
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _heatmap_to_image(coords, center, scale, rotation, heatmap_size):
     hm_h, hm_w = (float(s) for s in heatmap_size)
     coords = jnp.asarray(coords)
     dtype = jnp.promote_types(coords.dtype, jnp.float32)

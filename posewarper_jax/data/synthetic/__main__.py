@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True, help="output directory")
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--seed", type=int, default=None, help="master seed (preset's if unset)")
-    parser.add_argument("--workers", type=int, default=2, help="rendering processes")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="rendering processes (default 2; 1 if tiny)"
+    )
     parser.add_argument("--force", action="store_true", help="regenerate even if it matches")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--preview", default=None, help="also write a contact sheet PNG here")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 
 from posewarper_jax.data.types import NUM_JOINTS
@@ -179,8 +180,6 @@ _PANTS_COLORS = np.array(
 
 def _random_color(rng: np.random.Generator) -> np.ndarray:
     """A random BGR colour with varied hue, saturation and brightness."""
-    import cv2  # local: keeps the body model importable without cv2 for pure geometry use
-
     hsv = np.array(
         [[[rng.integers(0, 180), rng.integers(40, 256), rng.integers(50, 256)]]], dtype=np.uint8
     )
@@ -201,7 +200,7 @@ def sample_body(rng: np.random.Generator, height: float | None = None) -> BodySh
     radii[_P["spine"]] = (0.068 * r, 0.074 * r)  # pelvis end, chest end
     radii[_P["shoulder_left"]] = radii[_P["shoulder_right"]] = (0.036 * r, 0.036 * r)
     radii[_P["hip_bar"]] = (0.05 * r,) * 2
-    radii[_P["side_left"]] = radii[_P["side_right"]] = (0.04 * r, 0.045 * r)
+    radii[_P["side_left"]] = radii[_P["side_right"]] = (0.04 * r, 0.04 * r)
     radii[_P["neck"]] = (0.028 * r,) * 2
     radii[_P["head"]] = (0.054 * h,) * 2
     for side in ("left", "right"):
@@ -427,7 +426,7 @@ def sample_motion(
         rate = yaw_rate[i]
         if speed > 0 and (abs(pos[0]) > bounds[0] or abs(pos[1]) > bounds[1]):
             to_centre = np.arctan2(-pos[0], -pos[1])
-            rate += 2.5 * _wrap(to_centre - heading)
+            rate += 4.0 * _wrap(to_centre - heading)
         heading += rate / fps
         pos = pos + speed / fps * np.array([np.sin(heading), np.cos(heading)])
         root[i], yaw[i] = pos, heading
@@ -518,11 +517,12 @@ def pose_body(shape: BodyShape, motion: Motion) -> BodyPose:
     head_a = neck_top + _apply(R_head, np.array([0.0, 0.85 * r_head, 0.012 * h]))
     head_b = neck_top + _apply(R_head, np.array([0.0, shape.head - r_head, 0.0]))
     head_c = 0.5 * (head_a + head_b)
-    joints[:, 0] = head_c + _apply(R_head, np.array([0.0, -0.25 * r_head, 0.97 * r_head]))
+    # Head joints sit just inside the head's surface, so that they land on its pixels.
+    joints[:, 0] = head_c + _apply(R_head, np.array([0.0, -0.25 * r_head, 0.85 * r_head]))
     joints[:, 1] = neck_top
-    joints[:, 2] = neck_top + _apply(R_head, np.array([0.0, shape.head, 0.0]))
-    joints[:, 3] = head_c + _apply(R_head, np.array([0.97 * r_head, -0.1 * r_head, -0.1 * r_head]))
-    joints[:, 4] = head_c + _apply(R_head, np.array([-0.97 * r_head, -0.1 * r_head, -0.1 * r_head]))
+    joints[:, 2] = neck_top + _apply(R_head, np.array([0.0, shape.head - 0.2 * r_head, 0.0]))
+    joints[:, 3] = head_c + _apply(R_head, np.array([0.75 * r_head, -0.1 * r_head, -0.1 * r_head]))
+    joints[:, 4] = head_c + _apply(R_head, np.array([-0.75 * r_head, -0.1 * r_head, -0.1 * r_head]))
     A[:, _P["neck"]], B[:, _P["neck"]] = spine_top, neck_top
     A[:, HEAD_PART], B[:, HEAD_PART] = head_a, head_b
 
@@ -561,7 +561,11 @@ def pose_body(shape: BodyShape, motion: Motion) -> BodyPose:
         A[:, _P[f"thigh_{name}"]], B[:, _P[f"thigh_{name}"]] = hip, knee
         A[:, _P[f"shin_{name}"]], B[:, _P[f"shin_{name}"]] = knee, ankle
         A[:, _P[f"foot_{name}"]], B[:, _P[f"foot_{name}"]] = heel, toe
-        A[:, _P[f"side_{name}"]], B[:, _P[f"side_{name}"]] = hip, shoulder
+        # The flank runs from the hip to the armpit, inside the hanging arm.
+        armpit = spine_top + _apply(
+            R_torso, side * 0.7 * shape.shoulder_half * left - 0.07 * h * up
+        )
+        A[:, _P[f"side_{name}"]], B[:, _P[f"side_{name}"]] = hip, armpit
 
     A[:, _P["spine"]], B[:, _P["spine"]] = pelvis, chest
     neck_base = spine_top + _apply(R_torso, 0.02 * h * up)

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 # Bumped whenever the same config would produce different files.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)

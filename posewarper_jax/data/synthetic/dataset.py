@@ -14,6 +14,7 @@ is renamed into place, so a ``root`` with an ``info.json`` is always complete.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import multiprocessing
 import os
@@ -111,13 +112,8 @@ def render_video(cfg: SyntheticConfig, split: str, index: int, root: str) -> Vid
             raise OSError(f"JPEG encoding failed for {path}")
         buf.tofile(path)
         paths.append(path)
-        kp[f], vis[f], bbox[f], head[f], area[f] = (
-            r.keypoints,
-            r.visible,
-            r.bbox,
-            r.head_bbox,
-            r.area,
-        )
+        kp[f], vis[f], area[f] = r.keypoints, r.visible, r.area
+        bbox[f], head[f] = r.bbox, r.head_bbox
     return VideoRecord(
         split, index, name, paths, kp, vis, bbox, head, area,
         scene.joints_world(), scene.joints_camera(), scene.K, scene.extrinsics,
@@ -245,7 +241,7 @@ def generate(
     root: str,
     config: SyntheticConfig | str = "default",
     *,
-    workers: int = 2,
+    workers: int | None = None,
     progress: bool = True,
     force: bool = False,
 ) -> str:
@@ -253,13 +249,16 @@ def generate(
 
     Returns at once when ``root/info.json`` records the same generator version and config
     (unless ``force``). Otherwise everything is generated into a temporary sibling directory
-    that then replaces ``root``. A non-empty ``root`` that is not a synthetic data set is never
-    overwritten (ValueError).
+    that then replaces ``root``; a lock file ``.<root name>.lock`` beside it makes concurrent
+    callers wait for one another. A non-empty ``root`` that is not a synthetic data set is
+    never overwritten (ValueError).
 
     Args:
       root: output directory.
       config: a ``SyntheticConfig`` or a preset name (``tiny``, ``default``, ``large``).
-      workers: processes rendering videos in parallel (1 = in this process).
+      workers: processes rendering videos in parallel (1 = in this process); None picks 2,
+        or 1 for a job so small that starting processes would cost more than it saves. The
+        files do not depend on it.
       progress: show a tqdm progress bar.
       force: regenerate even when ``root`` matches.
     """
@@ -267,40 +266,46 @@ def generate(
     if not isinstance(cfg, SyntheticConfig):
         raise TypeError(f"config must be a SyntheticConfig or a preset name, got {type(cfg)}")
     root = os.path.abspath(root)
+    if workers is None:
+        frames = (cfg.num_train_videos + cfg.num_val_videos) * cfg.max_frames
+        workers = 1 if frames * cfg.width * cfg.height < 100 * 320 * 240 else 2
     if not force and matches(root, cfg):
         return root
-    if os.path.exists(root):
-        if not os.path.isdir(root):
-            raise ValueError(f"{root}: exists and is not a directory")
-        if os.listdir(root) and _read_info(root) is None:
-            raise ValueError(
-                f"{root}: not empty and has no synthetic data set info.json; refusing to "
-                "overwrite it (choose another --root or empty it)"
-            )
-    parent = os.path.dirname(root)
+    parent, name = os.path.dirname(root), os.path.basename(root)
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(root)}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        info = _generate_into(tmp, cfg, workers=workers, progress=progress)
-        with open(os.path.join(tmp, "info.json"), "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=1)
-        if not force and matches(root, cfg):  # another process finished the same data set first
-            shutil.rmtree(tmp)
+    # Concurrent callers (e.g. parallel test workers) wait here and then find the data ready.
+    with open(os.path.join(parent, f".{name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and matches(root, cfg):
             return root
-        old = None
         if os.path.exists(root):
-            old = os.path.join(parent, f".{os.path.basename(root)}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(root, old)
-        os.rename(tmp, root)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+            if not os.path.isdir(root):
+                raise ValueError(f"{root}: exists and is not a directory")
+            if os.listdir(root) and _read_info(root) is None:
+                raise ValueError(
+                    f"{root}: not empty and has no synthetic data set info.json; refusing to "
+                    "overwrite it (choose another --root or empty it)"
+                )
+        tmp = os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}")
+        try:
+            info = _generate_into(tmp, cfg, workers=workers, progress=progress)
+            with open(os.path.join(tmp, "info.json"), "w", encoding="utf-8") as f:
+                json.dump(info, f, indent=1)
+            old = None
+            if os.path.exists(root):
+                old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+                os.rename(root, old)
+            os.rename(tmp, root)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 
 def _generate_into(root: str, cfg: SyntheticConfig, *, workers: int, progress: bool) -> dict:
+    """Renders every video into ``root`` and writes the annotations; returns the info dict."""
     tasks = [
         (cfg.to_dict(), split, i, root)
         for split in SPLITS

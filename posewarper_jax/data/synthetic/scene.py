@@ -176,7 +176,7 @@ def sample_scene(rng: np.random.Generator, cfg: SyntheticConfig, num_frames: int
     focal = rng.uniform(*cfg.person_height_frac) * H * dist / _MEAN_HEIGHT
     K = render.intrinsics(focal, W, H)
 
-    backdrop = render.sample_backdrop(rng, wall_z=-float(rng.uniform(4.0, 12.0)))
+    backdrop = render.sample_backdrop(rng, wall_z=-float(rng.uniform(4.5, 12.0)))
 
     occluders = []
     if rng.random() < cfg.occluder_prob:
