@@ -4,14 +4,19 @@ Shape of the paper: batch 32, 96x72 heatmaps, 17 channels, G = 17 deformable gro
 kernels at dilations (3, 6, 12, 18, 24), mean over the branches. Cases, each forward ("fwd")
 and forward + backward w.r.t. offsets and kernels ("fwd_bwd", x frozen as in stage 2):
 
-  lax_conv        the same dilated convolutions with lax.conv_general_dilated (zero offsets)
-  deform_separate one deform_conv2d call per dilation, then the mean
-  deform_multi    deform_conv2d_multi (one gather and one contraction for all dilations)
-  torch_grid_sample  PyTorch, F.grid_sample per (group, tap) (bilinear, zeros, align_corners)
-  torchvision_deform_conv2d  torchvision.ops.deform_conv2d, when torchvision is installed
+  lax_conv            the same dilated convolutions with lax.conv_general_dilated (zero offsets)
+  deform_separate     one deform_conv2d call per dilation, then the mean
+  deform_multi        deform_conv2d_multi (default: shared corner table, a gather per branch)
+  deform_multi_fused  deform_conv2d_multi(fused=True): one gather over all (branch, tap)
+                      points and one contraction over (branch, tap, channel)
+  torch_grid_sample   PyTorch, F.grid_sample (bilinear, zeros padding, align_corners=True)
+                      per branch over all (group, tap) grids; skipped without torch
+  torchvision_deform_conv2d  torchvision.ops.deform_conv2d; skipped without torchvision
 
-Prints one JSON line per case: median run time (ms) over --iters timed calls after warm-up,
-compile time (s) separately, shape, dtype, device and the ratio to lax_conv of the same mode.
+Prints one JSON line per case: median wall time (ms) over --iters timed calls after warm-up,
+median process CPU time (ms, all threads; steadier on a shared machine), compile time (s)
+separately, shape, dtype, device, the 1-minute load average and the wall-time ratio to
+lax_conv of the same mode. lax_conv's fwd_bwd differentiates the kernels only (no offsets).
 
   python benchmarks/deform_conv.py --batch 4          # CPU-sized
   python benchmarks/deform_conv.py --quick            # seconds
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -34,15 +40,20 @@ from posewarper_jax.ops import deform_conv2d, deform_conv2d_multi
 DILATIONS = (3, 6, 12, 18, 24)
 
 
-def _time(fn, args, iters: int) -> float:
-    """Median wall time (ms) of fn(*args) over iters calls, after one warm-up call."""
-    jax.block_until_ready(fn(*args))
-    times = []
+def _time(fn, args, iters: int, sync=jax.block_until_ready) -> tuple[float, float]:
+    """Median wall and process-CPU time (ms) of fn(*args) over iters calls, after a warm-up.
+
+    CPU time sums all threads of this process; it is less sensitive than wall time to other
+    work on a shared machine.
+    """
+    sync(fn(*args))
+    wall, cpu = [], []
     for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+        t0, c0 = time.perf_counter(), time.process_time()
+        sync(fn(*args))
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
 
 
 def _lax_conv_mean(x, kernels):
@@ -63,20 +74,27 @@ def _lax_conv_mean(x, kernels):
 
 def _jax_cases(groups):
     def separate(x, offsets, kernels):
-        return deform_conv2d_multi(
-            x, offsets, kernels, dilations=DILATIONS, deformable_groups=groups, fused=False
-        )
+        outs = [
+            deform_conv2d(x, o, k, dilation=d, deformable_groups=groups).astype(jnp.float32)
+            for o, k, d in zip(offsets, kernels, DILATIONS)
+        ]
+        return (sum(outs) / len(outs)).astype(x.dtype)
 
-    def multi(x, offsets, kernels):
+    def multi(x, offsets, kernels, fused=False):
         return deform_conv2d_multi(
-            x, offsets, kernels, dilations=DILATIONS, deformable_groups=groups, fused=True
+            x, offsets, kernels, dilations=DILATIONS, deformable_groups=groups, fused=fused
         )
 
     def conv(x, offsets, kernels):
         del offsets
         return _lax_conv_mean(x, kernels)
 
-    return {"lax_conv": conv, "deform_separate": separate, "deform_multi": multi}
+    return {
+        "lax_conv": conv,
+        "deform_separate": separate,
+        "deform_multi": multi,
+        "deform_multi_fused": lambda *a: multi(*a, fused=True),
+    }
 
 
 def _bench_jax(name, fn, x, offsets, kernels, cot, iters, info):
@@ -95,9 +113,16 @@ def _bench_jax(name, fn, x, offsets, kernels, cot, iters, info):
         t0 = time.perf_counter()
         compiled = f.lower(*args).compile()
         compile_s = time.perf_counter() - t0
-        ms = _time(compiled, args, iters)
+        ms, cpu_ms = _time(compiled, args, iters)
         rows.append(
-            dict(info, case=name, mode=mode, median_ms=round(ms, 2), compile_s=round(compile_s, 2))
+            dict(
+                info,
+                case=name,
+                mode=mode,
+                median_ms=round(ms, 2),
+                median_cpu_ms=round(cpu_ms, 2),
+                compile_s=round(compile_s, 2),
+            )
         )
     return rows
 
@@ -115,7 +140,7 @@ def _torch_rows(x, offsets, kernels, cot, iters, info, jax_out):
     xt = torch.from_numpy(np.asarray(x, np.float32)).to(tdtype).permute(0, 3, 1, 2).contiguous()
     offs_t = [torch.from_numpy(np.asarray(o, np.float32)).to(tdtype) for o in offsets]
     ks_t = [torch.from_numpy(np.asarray(k, np.float32)).to(tdtype) for k in kernels]
-    cot_t = torch.from_numpy(np.asarray(cot, np.float32))
+    cot_t = torch.from_numpy(np.array(cot, np.float32))
     ii, jj = np.meshgrid(np.arange(3), np.arange(3), indexing="ij")
 
     def forward(offs, ks):
@@ -145,35 +170,30 @@ def _torch_rows(x, offsets, kernels, cot, iters, info, jax_out):
             total = total + torch.einsum("bckhw,kco->bhwo", cols, k.reshape(9, c, -1))
         return total / len(DILATIONS)
 
-    rows = []
     with torch.no_grad():
         t0 = time.perf_counter()
         out = forward(offs_t, ks_t)
         first = time.perf_counter() - t0
-        diff = float(np.abs(out.float().numpy() - np.asarray(jax_out, np.float32)).max())
-        times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            forward(offs_t, ks_t)
-            times.append(time.perf_counter() - t0)
-    rows.append(dict(info, case="torch_grid_sample", mode="fwd", median_ms=round(1e3 * statistics.median(times), 2),
-                     first_call_s=round(first, 2), torch_threads=torch.get_num_threads(),
-                     max_abs_diff_vs_deform_multi=diff))  # fmt: skip
+    diff = float(np.abs(out.float().numpy() - np.asarray(jax_out, np.float32)).max())
 
-    def step():
+    def fwd():
+        with torch.no_grad():
+            forward(offs_t, ks_t)
+
+    def fwd_bwd():
         offs = [o.clone().requires_grad_(True) for o in offs_t]
         ks = [k.clone().requires_grad_(True) for k in ks_t]
         (forward(offs, ks).float() * cot_t).sum().backward()
 
-    step()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    rows.append(dict(info, case="torch_grid_sample", mode="fwd_bwd",
-                     median_ms=round(1e3 * statistics.median(times), 2),
-                     torch_threads=torch.get_num_threads()))  # fmt: skip
+    rows = []
+    for mode, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+        ms, cpu_ms = _time(fn, (), iters, sync=lambda _: None)
+        row = dict(info, case="torch_grid_sample", mode=mode, median_ms=round(ms, 2))
+        row.update(median_cpu_ms=round(cpu_ms, 2), torch_threads=torch.get_num_threads())
+        if mode == "fwd":
+            # bf16: grid_sample takes the grid in the input dtype, so sample points are rounded.
+            row.update(first_call_s=round(first, 2), max_abs_diff_vs_deform_multi=diff)
+        rows.append(row)
     try:
         import torchvision  # noqa: F401
     except ImportError:
@@ -197,26 +217,27 @@ def _torchvision_rows(xt, offs_t, ks_t, cot_t, iters, info):
             total = total + tv_deform_conv2d(xt, off, weight, padding=d, dilation=d)
         return (total / len(DILATIONS)).permute(0, 2, 3, 1)
 
+    def fwd():
+        with torch.no_grad():
+            forward(offs_t, ks_t)
+
+    def fwd_bwd():
+        offs = [o.clone().requires_grad_(True) for o in offs_t]
+        ks = [k.clone().requires_grad_(True) for k in ks_t]
+        (forward(offs, ks).float() * cot_t).sum().backward()
+
     rows = []
-    for mode in ("fwd", "fwd_bwd"):
-
-        def step(mode=mode):
-            if mode == "fwd":
-                with torch.no_grad():
-                    forward(offs_t, ks_t)
-                return
-            offs = [o.clone().requires_grad_(True) for o in offs_t]
-            ks = [k.clone().requires_grad_(True) for k in ks_t]
-            (forward(offs, ks).float() * cot_t).sum().backward()
-
-        step()
-        times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-        rows.append(dict(info, case="torchvision_deform_conv2d", mode=mode,
-                         median_ms=round(1e3 * statistics.median(times), 2)))  # fmt: skip
+    for mode, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+        ms, cpu_ms = _time(fn, (), iters, sync=lambda _: None)
+        rows.append(
+            dict(
+                info,
+                case="torchvision_deform_conv2d",
+                mode=mode,
+                median_ms=round(ms, 2),
+                median_cpu_ms=round(cpu_ms, 2),
+            )
+        )
     return rows
 
 
@@ -248,8 +269,11 @@ def main() -> None:
         x = jnp.asarray(x32, dtype)
         offsets = [jnp.asarray(o, dtype) for o in offs32]
         kernels = [jnp.asarray(k, dtype) for k in ks32]
-        info = dict(shape=dict(batch=b, height=h, width=w, channels=c, groups=c, dilations=DILATIONS),
-                    dtype=dtype_name, device=device)  # fmt: skip
+        info = dict(
+            shape=dict(batch=b, height=h, width=w, channels=c, groups=c, dilations=DILATIONS),
+            dtype=dtype_name,
+            device=device,
+        )
         rows = []
         for name, fn in _jax_cases(c).items():
             rows += _bench_jax(name, fn, x, offsets, kernels, cot, args.iters, info)
@@ -259,7 +283,9 @@ def main() -> None:
                 x32, offs32, ks32, cot, args.iters, dict(info, device="cpu (torch)"), jax_out
             )
         base = {r["mode"]: r["median_ms"] for r in rows if r["case"] == "lax_conv"}
+        load = round(os.getloadavg()[0], 2)  # other work on a shared machine skews timings
         for r in rows:
+            r["loadavg_1m"] = load
             if "median_ms" in r:
                 r["vs_lax_conv"] = round(r["median_ms"] / base[r["mode"]], 2)
             print(json.dumps(r), flush=True)

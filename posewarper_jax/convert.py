@@ -52,7 +52,9 @@ configurations, source file and its SHA-256) as its JSON ``custom_metadata``; re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -122,7 +124,7 @@ class ConversionError(ValueError):
 # ----------------------------------------------------------------------------- reading
 
 
-def _to_numpy(key: str, value: Any) -> Any:
+def _to_numpy(value: Any) -> Any:
     """A torch tensor (duck-typed, torch is not imported here) or array-like -> ndarray."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):
         t = value.detach().cpu()
@@ -157,7 +159,7 @@ def prepare_state_dict(obj: Any, source: str | None = None) -> dict[str, Any]:
         raise ValueError(f"{what}: state_dict keys must be strings, got {', '.join(bad[:10])}")
     keys = list(obj)
     strip = bool(keys) and all(k.startswith(MODULE_PREFIX) for k in keys)
-    return {(k[len(MODULE_PREFIX) :] if strip else k): _to_numpy(k, v) for k, v in obj.items()}
+    return {(k[len(MODULE_PREFIX) :] if strip else k): _to_numpy(v) for k, v in obj.items()}
 
 
 def _numpy_safe_globals() -> list:
@@ -212,7 +214,9 @@ def read_checkpoint(path: str | os.PathLike, unsafe_pickle: bool = False) -> dic
         if unsafe_pickle:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         else:
-            with torch.serialization.safe_globals(_numpy_safe_globals()):
+            # torch < 2.5 has no allow-list: its restricted loader then refuses NumPy values.
+            safe = getattr(torch.serialization, "safe_globals", None)
+            with safe(_numpy_safe_globals()) if safe else contextlib.nullcontext():
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only load failed" not in str(e).lower():
@@ -613,11 +617,18 @@ def _fresh_head(
 # ----------------------------------------------------------------------------- converting
 
 
-def _init_head(config: WarpingHeadConfig, seed: int) -> dict:
-    """Freshly initialised head variables (the module's own initialisers)."""
+@functools.lru_cache(maxsize=8)
+def _head_initialiser(config: WarpingHeadConfig):
+    """``key -> head variables``, compiled once per configuration (compiling the random
+    initialisers dominates; running init op by op is slower still)."""
     # Parameters do not depend on the spatial size: a small map suffices.
     x = jnp.zeros((1, 8, 8, config.num_joints), jnp.float32)
-    return WarpingHead(config).init(jax.random.PRNGKey(seed), x, x)
+    return jax.jit(lambda key: WarpingHead(config).init(key, x, x))
+
+
+def _init_head(config: WarpingHeadConfig, seed: int) -> dict:
+    """Freshly initialised head variables (the module's own initialisers)."""
+    return _head_initialiser(config)(jax.random.PRNGKey(seed))
 
 
 def _value_problems(state_dict: Mapping[str, Any]) -> list[str]:
@@ -680,13 +691,9 @@ def convert_state_dict(
     Raises:
       ConversionError: listing every problem (keys, shapes, dtypes, non-finite values).
     """
-    return _convert(state_dict, None, **_options(locals()))[0]
-
-
-def _options(scope: Mapping[str, Any]) -> dict[str, Any]:
-    names = ("layout", "target", "variant", "num_joints", "dilations", "head_config")
-    names += ("head_variant", "seed")
-    return {n: scope[n] for n in names}
+    options = dict(layout=layout, target=target, variant=variant, num_joints=num_joints)
+    options.update(dilations=dilations, head_config=head_config, head_variant=head_variant)
+    return _convert(state_dict, None, seed=seed, **options)[0]
 
 
 def _convert(
@@ -853,7 +860,9 @@ def convert_file(
     if out is not None and os.path.exists(out) and not overwrite:
         raise ValueError(f"output {os.fspath(out)!r} exists; choose another path or overwrite")
     state_dict = read_checkpoint(src, unsafe_pickle=unsafe_pickle)
-    variables, plan = _convert(state_dict, src, **_options(locals()))
+    options = dict(layout=layout, target=target, variant=variant, num_joints=num_joints)
+    options.update(dilations=dilations, head_config=head_config, head_variant=head_variant)
+    variables, plan = _convert(state_dict, src, seed=seed, **options)
     metadata = conversion_metadata(plan, variables, src, seed)
     if out is not None:
         save_converted(out, variables, metadata, overwrite=overwrite)

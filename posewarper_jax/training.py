@@ -411,3 +411,12 @@ def _sync(tag: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(tag)
+
+
+def batch_loss(model: PoseWarper, variables: dict, batch: dict, stage: int) -> jax.Array:
+    """The training loss of ``stage`` on ``batch`` in evaluation mode (no BN updates)."""
+    if stage == 1:
+        pred = model.apply(variables, batch["image"][:, :1], False, method="heatmaps")[:, 0]
+    else:
+        pred = model.apply(variables, batch["image"], False, method="pair")
+    return joints_mse(pred, batch["target"], batch["target_weight"])

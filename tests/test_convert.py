@@ -36,7 +36,7 @@ DIL = ",".join(map(str, HEAD.dilations))
 SIZE = 64  # input crops 64 x 64 -> heatmaps 16 x 16
 
 
-def _rtol_check(out, ref):
+def _assert_close(out, ref):
     out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
@@ -344,11 +344,11 @@ def test_w48_official_and_mmpose_key_sets_plan_onto_the_model():
     assert mm.layout == "mmpose" and mm.abstract_variables() == plan.abstract_variables()
     assert len(plan.ignored) == sum(k.endswith("num_batches_tracked") for k in shapes)
 
-    w32 = get_hrnet_config("w32")
-    plan32 = convert.plan_conversion(expected_torch_state_dict_shapes(w32))
+    w32 = expected_torch_state_dict_shapes(get_hrnet_config("w32"))
+    plan32 = convert.plan_conversion(w32)
     assert (plan32.layout, plan32.target, plan32.variant) == ("hrnet", "hrnet", "w32")
-    got = {k: v.shape for k, v in _flat(plan32.abstract_variables()).items()}
-    assert got == _model_shapes(False, w32)
+    leaves = _flat(plan32.abstract_variables())
+    assert len(leaves) == len(plan32.backbone_keys) == len(w32) - len(plan32.ignored)
 
 
 # ----------------------------------------------------------------------------- numerics
@@ -362,16 +362,17 @@ def test_hrnet_stem_and_output_match_torch(sd):
     variables = convert.convert_state_dict(hr)
     p = _torch_params(hr)
     x = np.random.default_rng(2).standard_normal((2, SIZE, SIZE, 3)).astype(np.float32)
-    out, state = HRNet(TINY).apply(
-        variables, jnp.asarray(x), capture_intermediates=True, mutable=["intermediates"]
+    apply = jax.jit(
+        lambda v, x: HRNet(TINY).apply(v, x, capture_intermediates=True, mutable=["intermediates"])
     )
+    out, state = apply(variables, jnp.asarray(x))
     stem = jax.nn.relu(state["intermediates"]["bn1"]["__call__"][0])
     with torch.no_grad():
         ref_stem = _t_bn(p, "bn1", _t_conv(p, "conv1", _nchw(x), 2)).relu()
         ref = _t_hrnet(p, _nchw(x))
-    _rtol_check(stem, _nhwc(ref_stem))
+    _assert_close(stem, _nhwc(ref_stem))
     assert out.shape == (2, SIZE // 4, SIZE // 4, J)
-    _rtol_check(out, _nhwc(ref))
+    _assert_close(out, _nhwc(ref))
 
 
 def test_posewarper_pair_matches_torch(sd, converted):
@@ -379,16 +380,17 @@ def test_posewarper_pair_matches_torch(sd, converted):
     torch = pytest.importorskip("torch")
     p = _torch_params(sd)
     frames = np.random.default_rng(3).standard_normal((2, 2, SIZE, SIZE, 3)).astype(np.float32)
-    warped, f_a, f_b = PoseWarper(TINY, HEAD).apply(
-        converted, jnp.asarray(frames), method="pair", return_heatmaps=True
+    pair = jax.jit(
+        lambda v, f: PoseWarper(TINY, HEAD).apply(v, f, method="pair", return_heatmaps=True)
     )
+    warped, f_a, f_b = pair(converted, jnp.asarray(frames))
     with torch.no_grad():
         t_a, t_b = _t_hrnet(p, _nchw(frames[:, 0])), _t_hrnet(p, _nchw(frames[:, 1]))
         ref, offsets = _t_head(p, t_a - t_b, t_b, HEAD.dilations)
-    _rtol_check(f_a, _nhwc(t_a))
-    _rtol_check(f_b, _nhwc(t_b))
+    _assert_close(f_a, _nhwc(t_a))
+    _assert_close(f_b, _nhwc(t_b))
     assert max(float(o.abs().max()) for o in offsets) > 1.0  # sampling really moves
-    _rtol_check(warped, _nhwc(ref))
+    _assert_close(warped, _nhwc(ref))
 
 
 def test_head_deform_path_zero_and_nonzero_offsets(sd, converted):
@@ -400,7 +402,7 @@ def test_head_deform_path_zero_and_nonzero_offsets(sd, converted):
 
     rng = np.random.default_rng(4)
     psi, maps = (rng.standard_normal((2, 12, 10, J)).astype(np.float32) for _ in range(2))
-    head = WarpingHead(HEAD)
+    head = jax.jit(lambda v, psi, maps: WarpingHead(HEAD).apply(v, psi, maps, return_offsets=True))
 
     def head_vars(v):
         return {"params": v["params"]["head"], "batch_stats": v["batch_stats"]["head"]}
@@ -408,22 +410,22 @@ def test_head_deform_path_zero_and_nonzero_offsets(sd, converted):
     zero = dict(sd)
     for i in range(1, len(HEAD.dilations) + 1):
         zero[f"offsets{i}.weight"] = np.zeros_like(sd[f"offsets{i}.weight"])
-    out0 = head.apply(
-        head_vars(convert.convert_state_dict(zero, dilations=HEAD.dilations)), psi, maps
-    )
+    zero_vars = head_vars(convert.convert_state_dict(zero, dilations=HEAD.dilations))
+    out0, off0 = head(zero_vars, psi, maps)
+    assert not any(np.any(o) for o in off0)
     p = _torch_params(sd)
     with torch.no_grad():
         ref0 = sum(
             F.conv2d(_nchw(maps), p[f"deform_conv{i}.weight"], None, 1, d, d)
             for i, d in enumerate(HEAD.dilations, 1)
         ) / len(HEAD.dilations)
-    _rtol_check(out0, _nhwc(ref0))
+    _assert_close(out0, _nhwc(ref0))
 
-    out, offsets = head.apply(head_vars(converted), psi, maps, return_offsets=True)
+    out, offsets = head(head_vars(converted), psi, maps)
     with torch.no_grad():
         ref, t_off = _t_head(p, _nchw(psi), _nchw(maps), HEAD.dilations)
     for o, t in zip(offsets, t_off, strict=True):
-        _rtol_check(o, _nhwc(t))
+        _assert_close(o, _nhwc(t))
     kernels = [np.einsum("oihw->hwio", sd[f"deform_conv{i}.weight"]) for i in (1, 2)]
     op = deform_conv2d_multi(
         jnp.asarray(maps),
@@ -433,8 +435,8 @@ def test_head_deform_path_zero_and_nonzero_offsets(sd, converted):
         deformable_groups=J,
         precision=jax.lax.Precision.HIGHEST,
     )
-    _rtol_check(out, op)
-    _rtol_check(out, _nhwc(ref))
+    _assert_close(out, op)
+    _assert_close(out, _nhwc(ref))
 
 
 # ----------------------------------------------------------------------------- files and CLI
@@ -506,9 +508,24 @@ def test_npz_targets_and_fresh_head(sd, tmp_path, capsys):
     v, meta = convert.load_converted(tmp_path / "b")
     assert meta["head_source"] == "initialised" and meta["seed"] == 3
     assert meta["head_variant"] == "tiny" and meta["dilations"] == list(HEAD.dilations)
-    x = jnp.zeros((1, 8, 8, J))
-    fresh = WarpingHead(HEAD).init(jax.random.PRNGKey(3), x, x)
-    _assert_same_tree({c: v[c]["head"] for c in v}, fresh)
+    # The module's initialisers: zero offsets convs, identity deformable kernels, BN (1, 0),
+    # N(0, 0.001^2) convs; the same seed gives the same head, another seed another one.
+    head = _flat({c: v[c]["head"] for c in v})
+    identity = np.eye(J)[None, None] * (np.arange(9) == 4).reshape(3, 3, 1, 1)
+    for k, a in head.items():
+        if k[1].startswith("offsets"):
+            np.testing.assert_array_equal(a, 0)
+        elif k[1].startswith("deform_conv"):
+            np.testing.assert_array_equal(a, identity)
+        elif k[-1] != "kernel":
+            np.testing.assert_array_equal(a, float(k[-1] in ("scale", "var")))
+        else:
+            assert 0.0005 < a.std() < 0.002, k
+    again = dict(target="posewarper", head_variant="tiny", dilations=HEAD.dilations)
+    _assert_same_tree(convert.convert_state_dict(hr, seed=3, **again), v)
+    other = _flat(convert.convert_state_dict(hr, seed=4, **again))
+    key = ("params", "head", "offset_feats", "0", "conv1", "kernel")
+    assert not np.array_equal(other[key], head[key[:1] + key[2:]])
     _assert_same_tree({c: v[c]["backbone"] for c in v}, convert.convert_state_dict(hr))
     assert {k: a.shape for k, a in _flat(v).items()} == _model_shapes(True)
 
@@ -617,3 +634,11 @@ def test_import_does_not_import_torch():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_pth_without_torch_says_so(tmp_path, monkeypatch):
+    src = tmp_path / "model.pth"
+    src.write_bytes(b"not read")
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    with pytest.raises(ValueError, match=r"model.pth.*needs PyTorch.*\.npz"):
+        convert.read_checkpoint(src)

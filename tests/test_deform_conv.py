@@ -105,12 +105,14 @@ def ref_image_weight(y, x, py, px, h, w):
 def ref_forward(x, offsets, kernel, dil, pad, groups, mask=None):
     """Returns (out, cols, points); cols [B, Ho, Wo, kh, kw, C], points [B, Ho, Wo, G, K, 2]."""
     x = np.asarray(x, np.float64)
+    kernel = np.asarray(kernel, np.float64)
     b_, h, w, c = x.shape
-    kh, kw, _, _ = kernel.shape
+    kh, kw, _, cout = kernel.shape
     (dh, dw), (ph, pw) = dil, pad
     ho, wo = h + 2 * ph - dh * (kh - 1), w + 2 * pw - dw * (kw - 1)
     cg = c // groups
     k_all = kh * kw
+    out = np.zeros((b_, ho, wo, cout))
     cols = np.zeros((b_, ho, wo, kh, kw, c))
     points = np.zeros((b_, ho, wo, groups, k_all, 2))
     for b, oh, ow, g, i, j in itertools.product(
@@ -123,8 +125,9 @@ def ref_forward(x, offsets, kernel, dil, pad, groups, mask=None):
         points[b, oh, ow, g, k] = (y, xx)
         m = 1.0 if mask is None else float(mask[b, oh, ow, g * k_all + k])
         for cc in range(g * cg, (g + 1) * cg):
-            cols[b, oh, ow, i, j, cc] = m * ref_bilinear(x[b, :, :, cc], y, xx)
-    out = np.einsum("bhwijc,ijco->bhwo", cols, np.asarray(kernel, np.float64))
+            value = m * ref_bilinear(x[b, :, :, cc], y, xx)
+            cols[b, oh, ow, i, j, cc] = value
+            out[b, oh, ow] += value * kernel[i, j, cc]  # all Cout at once
     return out, cols, points
 
 
@@ -364,8 +367,9 @@ def test_finite_difference_gradients_multi():
         offs = [jnp.asarray(o, jnp.float64) for o in offs]
 
         @jax.jit
-        def f(x_, offs_, ks_):
-            return deform_conv2d_multi(x_, offs_, ks_, dilations=dils, deformable_groups=c)
+        def f(x_, offs_, ks_):  # both evaluations of the multi form
+            kw = dict(dilations=dils, deformable_groups=c)
+            return tuple(deform_conv2d_multi(x_, offs_, ks_, fused=f, **kw) for f in (False, True))
 
         check_grads(f, (x, offs, ks), order=1, modes=("rev",), eps=1e-5, atol=1e-6, rtol=1e-6)
 
@@ -406,6 +410,23 @@ def test_offset_and_kernel_gradients_use_no_scatter():
     # grad w.r.t. (offsets, kernel) -- x frozen, as in stage 2: none in the compiled HLO either.
     hlo = jax.jit(jax.grad(_loss, argnums=(1, 2))).lower(x, offsets, kernel).compile().as_text()
     assert not _HLO_SCATTER.search(hlo)
+    # Same for the DCNv2 mask and for both evaluations of the multi-dilation form.
+    mask = np.random.default_rng(11).uniform(size=offsets.shape[:3] + (27,)).astype(np.float32)
+
+    def loss_mask(o, k, m):
+        return jnp.sum(deform_conv2d(x, o, k, dilation=2, deformable_groups=3, mask=m) ** 2)
+
+    def loss_multi(offs, ks):
+        kw = dict(dilations=(1, 2), deformable_groups=3)
+        outs = [deform_conv2d_multi(x, offs, ks, fused=f, **kw) for f in (False, True)]
+        return jnp.sum(outs[0] ** 2) + jnp.sum(outs[1] ** 2)
+
+    for fn, args in (
+        (loss_mask, (offsets, kernel, mask)),
+        (loss_multi, ([offsets, -offsets], [kernel, kernel])),
+    ):
+        grad = jax.jit(jax.grad(fn, argnums=tuple(range(len(args)))))
+        assert not _HLO_SCATTER.search(grad.lower(*args).compile().as_text())
     # Controls: the x gradient is a scatter-add, so the checks above can fail.
     prims_x = _primitives(jax.make_jaxpr(jax.grad(_loss, argnums=0))(x, offsets, kernel).jaxpr)
     assert any("scatter" in p for p in prims_x), prims_x
@@ -494,12 +515,12 @@ def test_multi_equals_mean_of_separate_calls(use_mask):
     mask = masks if use_mask else None
     sep = np.asarray(_separate_calls(x, offs, ks, mask))
     kw = dict(dilations=dils, deformable_groups=x.shape[-1], mask=mask)
-    np.testing.assert_allclose(dcm(x, offs, ks, **kw), sep.mean(0), rtol=1e-5, atol=1e-5)
-    stacked = dcm(x, offs, ks, reduce=None, **kw)
-    np.testing.assert_allclose(stacked, sep, rtol=1e-5, atol=1e-5)
-    if use_mask:  # the unfused path too
-        unfused = dcm(x, offs, ks, fused=False, **kw)
-        np.testing.assert_allclose(unfused, sep.mean(0), rtol=1e-5, atol=1e-5)
+    for fused in (False, True):
+        mean = dcm(x, offs, ks, fused=fused, **kw)
+        np.testing.assert_allclose(mean, sep.mean(0), rtol=1e-5, atol=1e-5)
+        if not use_mask:
+            stacked = dcm(x, offs, ks, reduce=None, fused=fused, **kw)
+            np.testing.assert_allclose(stacked, sep, rtol=1e-5, atol=1e-5)
 
 
 def test_multi_identity_initialisation_returns_input():
@@ -551,6 +572,7 @@ def _bad_calls():
     off = np.zeros((2, 6, 5, 2 * 18), np.float32)
     msk = np.zeros((2, 6, 5, 2 * 9), np.float32)
     kw = dict(deformable_groups=2)
+    d12 = dict(kw, dilations=(1, 2))
     return [
         ("x", lambda: deform_conv2d(x[0], off, k, **kw)),
         ("x", lambda: deform_conv2d(x.astype(np.int32), off, k, **kw)),
@@ -566,11 +588,13 @@ def _bad_calls():
         ("dilation", lambda: deform_conv2d(x, off, k, dilation=(1, 2, 3), **kw)),
         ("padding", lambda: deform_conv2d(x, off, k, padding=-1, **kw)),
         ("padding", lambda: deform_conv2d(x, off, k, dilation=4, padding=0, **kw)),
-        ("offsets", lambda: deform_conv2d_multi(x, [off], [k, k], dilations=(1, 2), **kw)),
-        ("kernels", lambda: deform_conv2d_multi(x, [off, off], [k], dilations=(1, 2), **kw)),
-        ("kernels", lambda: deform_conv2d_multi(x, [off] * 2, [k, k[:2]], dilations=(1, 2), **kw)),
-        ("offsets[1]", lambda: deform_conv2d_multi(x, [off, off[1:]], [k] * 2, dilations=(1, 2), **kw)),
-        ("mask", lambda: deform_conv2d_multi(x, [off] * 2, [k] * 2, dilations=(1, 2), mask=[msk], **kw)),
+        ("offsets", lambda: deform_conv2d_multi(x, [off], [k, k], **d12)),
+        ("kernels", lambda: deform_conv2d_multi(x, [off, off], [k], **d12)),
+        ("kernels", lambda: deform_conv2d_multi(x, [off] * 2, [k, k[:2]], **d12)),
+        ("kernels", lambda: deform_conv2d_multi(x, [off] * 2, [k[:2, :2]] * 2, **d12)),
+        ("offsets[1]", lambda: deform_conv2d_multi(x, [off, off[1:]], [k] * 2, **d12)),
+        ("mask", lambda: deform_conv2d_multi(x, [off] * 2, [k] * 2, mask=[msk], **d12)),
+        ("mask[0]", lambda: deform_conv2d_multi(x, [off] * 2, [k] * 2, mask=[off, msk], **d12)),
         ("dilations", lambda: deform_conv2d_multi(x, [], [], dilations=(), **kw)),
         ("reduce", lambda: deform_conv2d_multi(x, [off], [k], dilations=(1,), reduce="max", **kw)),
     ]  # fmt: skip

@@ -305,6 +305,9 @@ def test_pairing_errors_name_the_video():
     short = dataset([[person(FULL, scores=1.0)], []])
     with pytest.raises(ValueError, match="2 frames, the ground truth .* 1"):
         posetrack_map(gt, short)
+    twice = VideoDataset(gt.videos * 2, "x")
+    with pytest.raises(ValueError, match="more than once"):
+        posetrack_map(twice, dataset([[person(FULL, scores=1.0)]]))
     no_head = dataset([[person(FULL, head=None)]])
     with pytest.raises(ValueError, match="no head box"):
         posetrack_map(no_head, dataset([[person(FULL, scores=1.0)]]))

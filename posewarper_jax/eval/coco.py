@@ -1,7 +1,8 @@
 """COCO keypoint AP (OKS) of predictions against ground truth, through pycocotools.
 
 Both sides are ``VideoDataset`` objects in the 17-joint layout; the COCO dictionaries are built
-in memory (each frame is one COCO image, ``image_id = Frame.image_id``). Conventions follow
+in memory (each scored frame is one COCO image, numbered 1, 2, ... in data-set order, so that
+frames of different files never share an id). Conventions follow
 pycocotools: a ground-truth person without labeled joints is ignored (``num_keypoints == 0``),
 a prediction's area and box come from the min/max of its written keypoints (as
 ``COCO.loadRes`` computes them), at most 20 predictions per image count.
@@ -63,7 +64,8 @@ def coco_dicts(
         for frame in video.frames:
             if not (frame.is_labeled or frame.people):
                 continue
-            images.append({"id": int(frame.image_id), "file_name": frame.path})
+            image_id = len(images) + 1
+            images.append({"id": image_id, "file_name": frame.path, "frame_id": frame.image_id})
             for person in frame.people:
                 labeled = np.asarray(person.keypoints)[:, 2] > 0
                 x, y, w, h = (float(v) for v in person.bbox)
@@ -73,7 +75,7 @@ def coco_dicts(
                 annotations.append(
                     {
                         "id": len(annotations) + 1,
-                        "image_id": int(frame.image_id),
+                        "image_id": image_id,
                         "category_id": 1,
                         "keypoints": _flat(person.keypoints * labeled[:, None], 2.0 * labeled),
                         "num_keypoints": int(labeled.sum()),
@@ -88,7 +90,7 @@ def coco_dicts(
                 labeled = np.asarray(person.keypoints)[:, 2] > 0
                 results.append(
                     {
-                        "image_id": int(frame.image_id),
+                        "image_id": image_id,
                         "category_id": 1,
                         "keypoints": _flat(person.keypoints * labeled[:, None], 1.0 * labeled),
                         "score": float(person.score),

@@ -256,6 +256,9 @@ def _paired_videos(gt: VideoDataset, pred: VideoDataset) -> Iterator[tuple]:
             raise ValueError(f"predictions: video {video.name!r} appears twice ({video.source})")
         by_name[video.name] = video
     gt_names = {v.name for v in gt.videos}
+    if len(gt_names) != len(gt.videos):
+        dup = sorted({v.name for v in gt.videos if [w.name for w in gt.videos].count(v.name) > 1})
+        raise ValueError(f"ground truth: video name(s) {dup} appear more than once")
     unknown = sorted(set(by_name) - gt_names)
     if unknown:
         raise ValueError(

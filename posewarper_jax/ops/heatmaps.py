@@ -155,7 +155,7 @@ def heatmap_to_image_coords(
       rotation: crop rotation in degrees, scalar or ``[...]``.
 
     Returns:
-      float32 ``[..., J, 2]`` (x, y) image pixels (float64 if an input is float64 under x64).
+      float32 ``[..., J, 2]`` (x, y) image pixels (float64 for float64 coords under x64).
     """
     if len(heatmap_size) != 2:
         raise ValueError(f"heatmap_size must be (h, w), got {heatmap_size!r}")

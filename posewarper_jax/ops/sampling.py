@@ -92,7 +92,7 @@ def sample_corner_table(
     x = x.astype(dtype).reshape(b, -1, g)
 
     valid = (y > -1) & (y < h) & (x > -1) & (x < w)
-    # Invalid points get coordinate 0 (finite floor, zero gradient through `where`) and row 0.
+    # Invalid points get coordinate 0: finite floor, zero gradient through `where`.
     y = jnp.where(valid, y, 0)
     x = jnp.where(valid, x, 0)
     y0 = jnp.floor(y)  # zero gradient: d/dy acts on ly only, at fixed corners
@@ -100,7 +100,8 @@ def sample_corner_table(
     ly = (y - y0)[..., None]  # [B, N, G, 1]
     lx = (x - x0)[..., None]
     pix = (y0.astype(jnp.int32) + 2) * (w + 2) + (x0.astype(jnp.int32) + 2)
-    row = jnp.where(valid, pix * g + jnp.arange(g, dtype=jnp.int32), 0)  # [B, N, G]
+    # Invalid points read (p = 0, own group): zeros, and no single hot row in the x-gradient.
+    row = jnp.where(valid, pix, 0) * g + jnp.arange(g, dtype=jnp.int32)  # [B, N, G]
 
     # Batch is a gather batching axis (batch-parallel under sharding); groups are folded into
     # the row index, which keeps the gather's index array small.

@@ -209,6 +209,13 @@ def draw_capsule(
     dist = np.sqrt(np.maximum((qx * qx + qy * qy + qz * qz) - t_q * t_q, 0.0))
     r_c = ra + (rb - ra) * s_c / L
     alpha = np.clip((r_c - dist) * fx / (t_q * Dz) + 0.5, 0.0, 1.0)
+    # The rest only for covered pixels, as flat arrays.
+    iy, ix = np.nonzero(alpha > 0)
+    if iy.size == 0:
+        return
+    Dx, Dy, Dz = Dx[iy, ix], Dy[iy, ix], Dz[iy, ix]
+    bu, denom, t_line, s_line = bu[iy, ix], denom[iy, ix], t_line[iy, ix], s_line[iy, ix]
+    t_q, alpha = t_q[iy, ix], alpha[iy, ix]
     # Exact hits: the cylinder part (radius at the closest approach), then the end spheres.
     gx = t_line * Dx - (a[0] + s_line * U[0])
     gy = t_line * Dy - (a[1] + s_line * U[1])
@@ -220,18 +227,18 @@ def draw_capsule(
     s_hit = s_line - bu * step
     t_hit = np.where((d_line2 <= r_line * r_line) & (s_hit >= 0) & (s_hit <= L), t_cyl, np.inf)
     for c, r in ((a, ra), (b, rb)):
-        tc = dot(c)
+        tc = Dx * c[0] + Dy * c[1] + Dz * c[2]
         disc = tc * tc - float(c @ c) + r * r
         t_s = tc - np.sqrt(np.maximum(disc, 0.0))
         t_hit = np.where((disc >= 0) & (t_s < t_hit), t_s, t_hit)
-    hit = np.isfinite(t_hit)
-    t = np.where(hit, t_hit, t_q)
-    px, py, pz = t * Dx, t * Dy, t * Dz  # surface point (camera coordinates)
-    depth = pz.astype(np.float32)
+    t = np.where(np.isfinite(t_hit), t_hit, t_q)
+    depth = (t * Dz).astype(np.float32)
     zbuf = canvas.depth[y0 : y1 + 1, x0 : x1 + 1]
-    nearer = (alpha > 0) & (depth < zbuf)
+    nearer = depth < zbuf[iy, ix]
     if not nearer.any():
         return
+    iy, ix, t, depth, alpha = iy[nearer], ix[nearer], t[nearer], depth[nearer], alpha[nearer]
+    px, py, pz = t * Dx[nearer], t * Dy[nearer], t * Dz[nearer]  # surface points
     # Normal: from the nearest axis point to the surface point.
     s_p = np.clip((px - a[0]) * U[0] + (py - a[1]) * U[1] + (pz - a[2]) * U[2], 0.0, L)
     nx, ny, nz = px - (a[0] + s_p * U[0]), py - (a[1] + s_p * U[1]), pz - (a[2] + s_p * U[2])
@@ -240,11 +247,11 @@ def draw_capsule(
     base = _surface_color(surface, (px, py, pz), (nx, ny, nz))
     col = base * _shade(light, nx, ny, nz)[..., None]
     region = canvas.color[y0 : y1 + 1, x0 : x1 + 1]
-    w = np.where(nearer, alpha, 0.0)[..., None]
-    region[...] = w * col + (1.0 - w) * region
-    solid = nearer & (alpha >= 0.5)
-    zbuf[solid] = depth[solid]
-    canvas.ids[y0 : y1 + 1, x0 : x1 + 1][solid] = pid
+    w = alpha[:, None]
+    region[iy, ix] = w * col + (1.0 - w) * region[iy, ix]
+    solid = alpha >= 0.5
+    zbuf[iy[solid], ix[solid]] = depth[solid]
+    canvas.ids[y0 : y1 + 1, x0 : x1 + 1][iy[solid], ix[solid]] = pid
 
 
 def _surface_color(surface: Surface, point, normal) -> np.ndarray:

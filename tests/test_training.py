@@ -1,0 +1,330 @@
+"""The trainer end to end on the tiny synthetic data set: both stages on 8 fake devices,
+resume after SIGKILL, two processes against one, bad configs, non-finite loss."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from posewarper_jax import experiment, training
+from posewarper_jax.data import pipeline as pipeline_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILE = os.path.join(ROOT, "configs", "sparse.py")
+
+
+def _config_module():
+    spec = importlib.util.spec_from_file_location("sparse_config", CONFIG_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_config(data_root: str, **stage_overrides):
+    """runlocal on the tiny synthetic preset, every frame labeled, no augmentation."""
+    c = _config_module().get_config("runlocal")
+    c.data.root = data_root
+    c.sparse.every_k = 1
+    for k in ("flip_prob", "rotation_prob", "scale_factor", "half_body_prob"):
+        c.input[k] = 0.0
+    for s in (c.stage1, c.stage2):
+        s.max_steps = 6
+        s.lr_steps = ()
+        for k, v in stage_overrides.items():
+            s[k] = v
+    c.checkpoint_every = 2
+    c.log_every = 1
+    return c
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("synthetic") / "data")
+    c = tiny_config(root)
+    experiment.ensure_data(c, progress=False)
+    return root
+
+
+def _restore_final(workdir, config):
+    model = experiment.make_model(config)
+    like = training.init_variables(model, config.input.image_size, config.seed)
+    tx = training.make_optimizer(config.stage2, 2, optax.constant_schedule(1e-3))
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": like["params"],
+        "batch_stats": like["batch_stats"],
+        "opt_state": tx.init(like["params"]),
+    }
+    return training.restore_state(os.path.join(workdir, "stage2", "checkpoints"), state)
+
+
+def _leaves_equal(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+
+
+def _max_diff(a, b):
+    return max(
+        float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_both_stages_on_eight_devices_loss_finite_and_falling(data_root, tmp_path):
+    assert jax.device_count() == 8
+    c = tiny_config(data_root, lr=3e-3, max_steps=15)
+    c.stage1.batch_size = c.stage2.batch_size = 8
+    workdir = str(tmp_path / "run")
+
+    model = experiment.make_model(c)
+    init = training.init_variables(model, c.input.image_size, c.seed)
+    train, _ = experiment.sparse_subset(c, experiment.load_split(c, "train"))
+    # A fixed batch (the first of the stage-2 stream) measures both stages before and after.
+    probe_cfg = experiment.pipeline_config(c, "stage2", shuffle=False)
+    probe = next(iter(pipeline_lib.train_dataset(train, probe_cfg, paired=True)))
+    probe = {k: jnp.asarray(probe[k]) for k in training.BATCH_KEYS}
+
+    summary = training.train_and_evaluate(c, workdir)
+
+    records = [json.loads(line) for line in open(summary["metrics"])]
+    for stage in ("stage1", "stage2"):
+        losses = [r["loss"] for r in records if r["stage"] == stage]
+        assert len(losses) == 15 and np.all(np.isfinite(losses))
+        assert os.path.exists(os.path.join(workdir, stage, "done.json"))
+    final = _restore_final(workdir, c)
+    final_vars = {"params": final["params"], "batch_stats": final["batch_stats"]}
+    # Stage 1 falls on the fixed batch: the HRNet learned; stage 2 falls from the
+    # identity warp of the stage-1 backbone's heatmaps.
+    before1 = float(training.batch_loss(model, init, probe, 1))
+    after1 = float(training.batch_loss(model, final_vars, probe, 1))
+    assert after1 < before1, (before1, after1)
+    stage1_vars = {
+        "params": {**final["params"], "head": init["params"]["head"]},
+        "batch_stats": {**final["batch_stats"], "head": init["batch_stats"]["head"]},
+    }
+    before2 = float(training.batch_loss(model, stage1_vars, probe, 2))
+    after2 = float(training.batch_loss(model, final_vars, probe, 2))
+    assert after2 < before2, (before2, after2)
+    # The frozen backbone did not move in stage 2 (params and BN statistics).
+    s1 = training.restore_state(
+        os.path.join(workdir, "stage1", "checkpoints"),
+        {
+            **final,
+            "opt_state": training.make_optimizer(c.stage1, 1, optax.constant_schedule(1e-3)).init(
+                final["params"]
+            ),
+        },
+    )
+    assert _leaves_equal(s1["params"]["backbone"], final["params"]["backbone"])
+    assert _leaves_equal(s1["batch_stats"]["backbone"], final["batch_stats"]["backbone"])
+
+    # A second call finds both stages done and returns at once with the same result.
+    t = time.perf_counter()
+    training.train_and_evaluate(c, workdir)
+    assert time.perf_counter() - t < 60
+    assert len([json.loads(x) for x in open(summary["metrics"])]) == len(records)
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def _main_cmd(workdir, data_root, extra=()):
+    return [
+        sys.executable,
+        "-m",
+        "posewarper_jax.main",
+        f"--config={CONFIG_FILE}:runlocal",
+        f"--workdir={workdir}",
+        f"--config.data.root={data_root}",
+        "--config.sparse.every_k=1",
+        "--config.stage1.max_steps=8",
+        "--config.stage2.max_steps=8",
+        "--config.checkpoint_every=2",
+        *extra,
+    ]
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(data_root, tmp_path):
+    clean = str(tmp_path / "clean")
+    killed = str(tmp_path / "killed")
+    env = _env()
+    subprocess.run(_main_cmd(clean, data_root), env=env, check=True, capture_output=True)
+
+    proc = subprocess.Popen(
+        _main_cmd(killed, data_root), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    ckpt = os.path.join(killed, "stage1", "checkpoints", "4")
+    deadline = time.time() + 300
+    while not os.path.isdir(ckpt) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert os.path.isdir(ckpt)
+    assert not os.path.exists(os.path.join(killed, "stage2", "done.json"))
+
+    out = subprocess.run(
+        _main_cmd(killed, data_root), env=env, check=True, capture_output=True, text=True
+    )
+    assert "resumed from step" in out.stdout or "already finished" in out.stdout
+
+    c = tiny_config(data_root)
+    a, b = _restore_final(clean, c), _restore_final(killed, c)
+    # CPU XLA is deterministic and the data stream resumes exactly: bitwise equal.
+    assert int(a["step"]) == int(b["step"]) == 8
+    assert _leaves_equal(a["params"], b["params"])
+    assert _leaves_equal(a["batch_stats"], b["batch_stats"])
+    assert _leaves_equal(a["opt_state"], b["opt_state"])
+
+
+# ----------------------------------------------------------------------------- two processes
+
+
+def test_two_processes_match_one_process(data_root, tmp_path):
+    env = _env()
+    # Two devices either way (one per process, or two in one process) and the same global
+    # batches of 8, split 4 + 4: the partitioned program is the same, only the collectives
+    # go through gloo between processes instead of in-process.
+    single_env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    extra = ["--config.stage1.max_steps=3", "--config.stage2.max_steps=3"]
+    single = str(tmp_path / "single")
+    multi = str(tmp_path / "multi")
+    port = 20000 + os.getpid() % 20000
+    procs = [
+        subprocess.Popen(
+            _main_cmd(single, data_root, extra),
+            env=single_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+    ]
+    for pid in range(2):
+        penv = dict(env)
+        penv.update(
+            POSEWARPER_COORDINATOR=f"localhost:{port}",
+            POSEWARPER_NUM_PROCESSES="2",
+            POSEWARPER_PROCESS_ID=str(pid),
+        )
+        procs.append(
+            subprocess.Popen(
+                _main_cmd(multi, data_root, extra),
+                env=penv,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        )
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()[-3000:]
+
+    c = tiny_config(data_root)
+    a, b = _restore_final(single, c), _restore_final(multi, c)
+    assert int(a["step"]) == int(b["step"]) == 3
+    print("max |single - multi|:", _max_diff(a["params"], b["params"]))
+    assert _max_diff(a["params"], b["params"]) == 0.0
+    assert _max_diff(a["batch_stats"], b["batch_stats"]) == 0.0
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("model.dilations", (), "model.dilations"),
+        ("input.sigma", -1.0, "input.sigma"),
+        ("model.backbone", "w99", "model.backbone"),
+        ("stage1.batch_size", 0, "stage1.batch_size"),
+    ],
+)
+def test_bad_config_fails_at_start_naming_the_field(tmp_path, field, value, message):
+    c = tiny_config(str(tmp_path / "unused"))
+    section, name = field.split(".")
+    c[section][name] = value
+    with pytest.raises(experiment.ConfigError, match=message.replace(".", r"\.")):
+        training.train_and_evaluate(c, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "unused")
+
+
+def test_missing_data_root_names_the_field(tmp_path):
+    c = tiny_config(str(tmp_path / "nowhere"))
+    c.data.kind = "posetrack18"
+    with pytest.raises(experiment.ConfigError, match=r"data\.root"):
+        training.train_and_evaluate(c, str(tmp_path / "run"))
+
+
+def test_more_videos_than_the_data_set_has_names_the_field(data_root, tmp_path):
+    c = tiny_config(data_root)
+    c.sparse.every_k = 0
+    c.sparse.num_videos = 50
+    c.sparse.frames_per_video = 1
+    with pytest.raises(experiment.ConfigError, match=r"sparse\.num_videos"):
+        training.train_and_evaluate(c, str(tmp_path / "run"))
+
+
+def test_misspelt_field_fails_on_the_command_line(tmp_path):
+    out = subprocess.run(
+        _main_cmd(str(tmp_path / "run"), str(tmp_path / "data"), ["--config.stage1.lrr=1"]),
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0
+    assert "lrr" in out.stderr
+    assert not os.path.exists(tmp_path / "data")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_root, tmp_path):
+    c = tiny_config(data_root, lr=1e8, max_steps=30)
+    c.checkpoint_every = 1
+    workdir = str(tmp_path / "run")
+    with pytest.raises(training.NonFiniteLossError, match="last good checkpoint is step") as e:
+        training.train_and_evaluate(c, workdir)
+    ckpts = os.path.join(workdir, "stage1", "checkpoints")
+    steps = sorted(int(s) for s in os.listdir(ckpts) if s.isdigit())
+    assert steps, "no checkpoint was kept"
+    assert f"step {steps[-1]} in" in str(e.value)
+    assert not os.path.exists(os.path.join(workdir, "stage1", "done.json"))
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def test_sweep_expands_the_dilation_ablation(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "launch"))
+    try:
+        import sweep
+    finally:
+        sys.path.pop(0)
+    runs = sweep.load_sweeps(CONFIG_FILE)["dilations"]
+    cmds = sweep.commands(CONFIG_FILE, runs, str(tmp_path))
+    assert len(cmds) == 5
+    assert "--config.model.dilations='(3,)'" in cmds[0]
+    assert "--config.model.dilations='(3, 6, 12, 18, 24)'" in cmds[-1]
+    assert len({c.split("--workdir ")[1].split()[0] for c in cmds}) == 5
+    script = tmp_path / "array.sbatch"
+    assert sweep.main(["--config", CONFIG_FILE, "--sweep", "vn", "--slurm", str(script)]) == 0
+    text = script.read_text()
+    assert "#SBATCH --array=0-5" in text and text.count("posewarper_jax.main") == 6
