@@ -1,0 +1,360 @@
+"""Shared inference: heatmaps of evaluation batches → per-person keypoints in image pixels.
+
+Every application runs the same loop (``predict``): for each batch of
+``pipeline.eval_dataset``, a heatmap function ``fn(variables, batch) -> [B, h, w, J]`` runs
+under one ``jax.jit`` with the batch sharded over the ``data`` mesh axis; the heatmaps are
+decoded (``ops.heatmaps.decode_heatmaps``: argmax + quarter-pixel step) and mapped back
+through each row's crop (``center``, ``scale``) to image pixels on the device, and only the
+decoded ``[B, J, 2]`` / ``[B, J]`` arrays come back to the host, in one transfer per batch.
+Rows whose ``mask`` is False (padding, bad centre frames) are dropped. ``to_predictions``
+turns the rows into a prediction ``VideoDataset`` that ``eval.posetrack_map`` scores.
+
+A heatmap function receives the device batch: a dict of ``jax.Array`` with at least
+``image`` uint8 ``[B, T, H, W, 3]``, ``frame_valid`` bool ``[B, T]``, ``center``/``scale``
+float32 ``[B, 2]``, plus the fields named in ``predict(keys=...)`` (e.g. ``target`` float32
+``[B, h, w, J]`` for propagation). It returns float heatmaps ``[B, h, w, J]`` (NHWC) on the
+crop's heatmap grid. Ready-made ones: ``single_frame_fn`` and ``aggregation_fn``.
+
+Flip test (``flip_test=True``): ``fn`` also runs on the batch mirrored by ``flip_batch``
+and the two outputs are averaged with ``ops.heatmaps.average_flip`` (HRNet's convention:
+width reversed, left/right channels exchanged, one-pixel shift).
+
+Coordinates: image pixels, pixel centres at integers, x right, y down.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from posewarper_jax.data.types import FLIP_PAIRS, NUM_JOINTS, VideoDataset
+from posewarper_jax.ops.heatmaps import (
+    average_flip,
+    decode_heatmaps,
+    flip_back,
+    heatmap_to_image_coords,
+)
+
+__all__ = [
+    "DEFAULT_KEYS",
+    "HeatmapFn",
+    "aggregation_fn",
+    "flip_batch",
+    "iter_predict",
+    "predict",
+    "single_frame_fn",
+    "to_predictions",
+]
+
+HeatmapFn = Callable[[Mapping[str, Any], Mapping[str, jax.Array]], jax.Array]
+
+# Fields sent to the devices by default; ``center``/``scale`` are always sent (the map back
+# to the image runs on the device).
+DEFAULT_KEYS = ("image", "frame_valid")
+_ALWAYS = ("center", "scale")
+# Host-side fields copied into each output row.
+_ROW_FIELDS = ("video", "frame", "person", "track_id", "image_id", "score")
+
+
+# ----------------------------------------------------------------------------- heatmap fns
+
+
+@functools.cache
+def single_frame_fn(model, frame: int = 0) -> HeatmapFn:
+    """Backbone heatmaps of one frame of the window (stage-1 HRNet, ``method="heatmaps"``).
+
+    Args:
+      model: a ``PoseWarper``.
+      frame: index t of the frame in ``batch["image"]`` ``[B, T, H, W, 3]`` (0 for a
+        single-frame window ``offsets=(0,)``; the centre ``T // 2`` of a symmetric one).
+
+    Returns:
+      ``fn(variables, batch) -> float32 [B, h, w, J]``. The same object for equal arguments,
+      so ``predict`` compiles it once per shape.
+    """
+
+    def fn(variables, batch):
+        image = batch["image"]
+        if not 0 <= frame < image.shape[1]:
+            raise ValueError(
+                f"single_frame_fn: frame {frame} is outside the window of T={image.shape[1]}"
+            )
+        frames = image[:, frame : frame + 1]
+        return model.apply(variables, frames, False, method="heatmaps")[:, 0].astype(jnp.float32)
+
+    return fn
+
+
+@functools.cache
+def aggregation_fn(
+    model, weights: tuple[float, ...] | None = None, center: int | None = None
+) -> HeatmapFn:
+    """Temporal aggregation (``method="aggregate"``): every frame of the window warped onto
+    frame ``center`` and summed with ``weights`` renormalised over ``batch["frame_valid"]``.
+
+    Args:
+      model: a ``PoseWarper``.
+      weights: ``T`` non-negative weights in window order (None: the model's defaults for T).
+      center: index of the frame being predicted in the window (None: ``T // 2``).
+
+    Returns:
+      ``fn(variables, batch) -> float32 [B, h, w, J]``; the same object for equal arguments.
+    """
+    w = None if weights is None else tuple(float(x) for x in weights)
+
+    def fn(variables, batch):
+        return model.apply(
+            variables,
+            batch["image"],
+            w,
+            batch["frame_valid"],
+            center,
+            False,
+            method="aggregate",
+        ).astype(jnp.float32)
+
+    return fn
+
+
+# ----------------------------------------------------------------------------- flip
+
+
+def flip_batch(
+    batch: Mapping[str, jax.Array], flip_pairs: Sequence[tuple[int, int]] = FLIP_PAIRS
+) -> dict[str, jax.Array]:
+    """The batch of horizontally mirrored crops, for the flip test.
+
+    * ``image`` ``[B, T, H, W, 3]``: the width axis reversed.
+    * ``target`` ``[B, h, w, J]`` (if present): ``flip_back`` (width reversed, pairs swapped,
+      one-pixel shift). This places each Gaussian within a quarter heatmap pixel of where the
+      mirrored crop has the joint (crop x → W - 1 - x is heatmap u → w - 1/4 - u; the shifted
+      reversal gives w - u), and ``flip_back`` of the output undoes it exactly (apart from
+      column 0), so maps carried by ``fn`` (propagation) come back where they were.
+    * ``target_weight`` ``[B, J]`` (if present): pairs swapped.
+    * Everything else (``frame_valid``, ``center``, ``scale``, ...) unchanged: the crop box
+      is the same, only its content is mirrored.
+    """
+    out = dict(batch)
+    out["image"] = batch["image"][:, :, :, ::-1, :]
+    if "target" in batch:
+        out["target"] = flip_back(batch["target"], flip_pairs, shift=True)
+    if "target_weight" in batch:
+        j = batch["target_weight"].shape[-1]
+        perm = list(range(j))
+        for a, b in flip_pairs:
+            perm[a], perm[b] = b, a
+        out["target_weight"] = batch["target_weight"][..., jnp.asarray(perm)]
+    return out
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_step(fn: HeatmapFn, flip_pairs: tuple | None, sharding: NamedSharding):
+    """``jit(variables, batch) -> (xy float32 [B, J, 2] image px, maxvals float32 [B, J])``.
+
+    Cached per (fn, flip setting, sharding) so repeated calls reuse the compiled program.
+    """
+
+    def step(variables, batch):
+        hm = fn(variables, batch)
+        b = batch["image"].shape[0]
+        if hm.ndim != 4 or hm.shape[0] != b:
+            raise ValueError(
+                f"the heatmap function must return [B={b}, h, w, J], got shape {hm.shape}"
+            )
+        if flip_pairs is not None:
+            hm = average_flip(hm, fn(variables, flip_batch(batch, flip_pairs)), flip_pairs)
+        coords, maxvals = decode_heatmaps(hm.astype(jnp.float32))  # [B, J, 2], [B, J]
+        xy = heatmap_to_image_coords(coords, batch["center"], batch["scale"], hm.shape[1:3])
+        return xy.astype(jnp.float32), maxvals.astype(jnp.float32)
+
+    return jax.jit(step, out_shardings=(sharding, sharding))
+
+
+def _local_rows(arrays: tuple[jax.Array, ...]) -> tuple[np.ndarray, ...]:
+    """This process's rows of batch-sharded arrays, in local batch order (one transfer)."""
+    if all(a.is_fully_addressable for a in arrays):
+        return tuple(np.asarray(x) for x in jax.device_get(arrays))
+    out = []
+    for a in arrays:
+        # Multi-host: this process's devices hold its own rows; dedupe replicas by offset.
+        shards = {s.index[0].start or 0: s.data for s in a.addressable_shards}
+        out.append(np.concatenate([np.asarray(shards[k]) for k in sorted(shards)]))
+    return tuple(out)
+
+
+def _rows(local: Mapping[str, np.ndarray], xy: np.ndarray, maxvals: np.ndarray) -> list[dict]:
+    mask = np.asarray(local["mask"], bool)
+    rows = []
+    for r in np.flatnonzero(mask):
+        row = {k: np.asarray(local[k][r]).item() for k in _ROW_FIELDS if k in local}
+        row["center"] = np.asarray(local["center"][r], np.float32)
+        row["scale"] = np.asarray(local["scale"][r], np.float32)
+        row["keypoints"] = xy[r]
+        row["maxvals"] = maxvals[r]
+        rows.append(row)
+    return rows
+
+
+def iter_predict(
+    model,
+    variables: Mapping[str, Any],
+    batches: Iterable[Mapping[str, np.ndarray]],
+    fn: HeatmapFn | None = None,
+    *,
+    mesh: Mesh | None = None,
+    flip_test: bool = False,
+    flip_pairs: Sequence[tuple[int, int]] = FLIP_PAIRS,
+    keys: Sequence[str] = DEFAULT_KEYS,
+) -> Iterator[dict]:
+    """``predict`` as a generator of rows (same arguments), batch by batch.
+
+    Batch k + 1 is dispatched to the devices before the results of batch k are fetched, so
+    reading, decoding on the host and device work overlap.
+    """
+    if fn is None:
+        fn = single_frame_fn(model)
+    if mesh is None:
+        from posewarper_jax.training import data_mesh
+
+        mesh = data_mesh()
+    if "data" not in mesh.axis_names:
+        raise ValueError(f"mesh must have an axis named 'data', got axes {mesh.axis_names}")
+    from posewarper_jax.data.pipeline import make_global_batch
+
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    pairs = tuple((int(a), int(b)) for a, b in flip_pairs) if flip_test else None
+    step = _compiled_step(fn, pairs, sharding)
+    variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
+    device_keys = tuple(dict.fromkeys((*keys, *_ALWAYS)))
+    num_shards = mesh.shape["data"]
+
+    pending = None  # (local batch, device outputs) of the previous batch
+    for i, local in enumerate(batches):
+        missing = [k for k in (*device_keys, "mask") if k not in local]
+        if missing:
+            raise ValueError(f"batch {i} lacks field(s) {missing} (an eval_dataset batch?)")
+        rows_global = np.asarray(local["mask"]).shape[0] * jax.process_count()
+        if rows_global % num_shards:
+            raise ValueError(
+                f"batch {i}: global batch size {rows_global} is not a multiple of the "
+                f"{num_shards} devices of the 'data' mesh axis (set PipelineConfig.batch_size "
+                f"to a multiple of {num_shards})"
+            )
+        batch = make_global_batch(local, mesh, keys=device_keys)
+        out = step(variables, batch)
+        if pending is not None:
+            yield from _rows(pending[0], *_local_rows(pending[1]))
+        pending = (local, out)
+    if pending is not None:
+        yield from _rows(pending[0], *_local_rows(pending[1]))
+
+
+def predict(
+    model,
+    variables: Mapping[str, Any],
+    batches: Iterable[Mapping[str, np.ndarray]],
+    fn: HeatmapFn | None = None,
+    *,
+    mesh: Mesh | None = None,
+    flip_test: bool = False,
+    flip_pairs: Sequence[tuple[int, int]] = FLIP_PAIRS,
+    keys: Sequence[str] = DEFAULT_KEYS,
+) -> list[dict]:
+    """Runs a heatmap function over evaluation batches and decodes every real row.
+
+    Args:
+      model: the ``PoseWarper`` (used for the default ``fn``).
+      variables: ``{"params", "batch_stats"}``; replicated over the mesh.
+      batches: this process's batches of ``pipeline.eval_dataset`` (numpy dicts, see the
+        module docstring of ``data.pipeline``); the global batch size must be a multiple of
+        the size of the mesh's ``data`` axis.
+      fn: ``fn(variables, batch) -> [B, h, w, J]`` (see the module docstring); default
+        ``single_frame_fn(model)``. Pass the same object on every call (the ready-made ones
+        are cached) to reuse its compiled program.
+      mesh: a mesh with a ``data`` axis; default all devices (``training.data_mesh()``).
+      flip_test: also run ``fn`` on ``flip_batch(batch)`` and average (``average_flip``).
+      flip_pairs: left/right joint pairs of the flip test.
+      keys: batch fields ``fn`` reads (sent to the devices, sharded on the batch axis), e.g.
+        add ``"target"`` for propagation; ``center`` and ``scale`` are always sent.
+
+    Returns:
+      One dict per row with ``mask`` True, in batch order: ``video``, ``frame``, ``person``,
+      ``track_id``, ``image_id`` (int), ``score`` (box score, float), ``center``, ``scale``
+      (float32 ``[2]``), ``keypoints`` float32 ``[J, 2]`` (x, y) image pixels and
+      ``maxvals`` float32 ``[J]`` (heatmap maxima).
+
+    Raises:
+      ValueError: a batch lacks a field, its size does not divide over the mesh, or ``fn``
+        returns a wrong shape.
+    """
+    return list(
+        iter_predict(
+            model,
+            variables,
+            batches,
+            fn,
+            mesh=mesh,
+            flip_test=flip_test,
+            flip_pairs=flip_pairs,
+            keys=keys,
+        )
+    )
+
+
+# ----------------------------------------------------------------------------- assembly
+
+
+def to_predictions(
+    rows: Sequence[Mapping[str, Any]],
+    dataset: VideoDataset,
+    *,
+    scoring: str = "official",
+    nms: bool = False,
+    nms_thresh: float = 0.9,
+) -> VideoDataset:
+    """Per-frame predictions from ``predict``'s rows, shaped like ``dataset``.
+
+    Every video and frame of ``dataset`` is present (frames without rows have no people);
+    each row becomes a ``Person`` with all 17 joints labeled, its crop box as ``bbox`` and its
+    ``track_id``.
+
+    Args:
+      rows: ``predict`` output for crops of ``dataset`` (``video``/``frame`` index it).
+      dataset: the data set the crops came from.
+      scoring: "official" (joint score = heatmap max × box score, person score = box score)
+        or "mmpose" (joint score = heatmap max, person score = box score × mean joint score
+        above 0.2); see ``eval.predictions_from_crops``.
+      nms: apply OKS NMS per frame (``eval.apply_oks_nms``: PoseTrack sigmas, overlapping
+        poses above ``nms_thresh`` dropped), meant for detected boxes.
+      nms_thresh: the OKS threshold of the NMS.
+
+    Returns:
+      A ``VideoDataset`` for ``eval.posetrack_map(gt, pred)`` / ``write_poseval_predictions``.
+    """
+    from posewarper_jax.eval.nms import apply_oks_nms
+    from posewarper_jax.eval.predictions import predictions_from_crops
+
+    n = len(rows)
+    if n:
+        coords = np.stack([np.asarray(r["keypoints"], np.float64) for r in rows])
+        maxvals = np.stack([np.asarray(r["maxvals"], np.float64) for r in rows])
+        meta = {
+            k: np.array([r[k] for r in rows])
+            for k in ("video", "frame", "score", "track_id", "center", "scale")
+        }
+    else:
+        coords, maxvals = np.zeros((0, NUM_JOINTS, 2)), np.zeros((0, NUM_JOINTS))
+        meta = {"video": np.zeros(0, np.int64), "frame": np.zeros(0, np.int64)}
+    pred = predictions_from_crops(coords, maxvals, meta, dataset, scoring=scoring)
+    if nms:
+        pred = apply_oks_nms(pred, thresh=nms_thresh)
+    return pred
