@@ -163,9 +163,7 @@ def draw_skeleton(
             raise ValueError(f"skeleton limb ({a}, {b}) is out of range for {j} joints")
         if shown[a] and shown[b]:
             color = _side_color(_limb_side(a, b, sides), left_color, right_color, center_color)
-            cv2.line(
-                out, tuple(pts[a]), tuple(pts[b]), color, thickness, cv2.LINE_AA, shift=_SHIFT
-            )
+            cv2.line(out, tuple(pts[a]), tuple(pts[b]), color, thickness, cv2.LINE_AA, shift=_SHIFT)
     if radius > 0:
         for k in np.flatnonzero(shown):
             color = _side_color(sides[k], left_color, right_color, center_color)
@@ -192,9 +190,7 @@ def pick_samples(
 ) -> list[tuple[int, int]]:
     """``num`` (video index, frame index) samples spread evenly over the frames of ``gt`` with
     a ground-truth person; frames where every prediction has a person are preferred."""
-    candidates = [
-        (vi, f.index) for vi, v in enumerate(gt.videos) for f in v.frames if f.people
-    ]
+    candidates = [(vi, f.index) for vi, v in enumerate(gt.videos) for f in v.frames if f.people]
     if predictions:
         lookups = [_video_lookup(p) for p in predictions.values()]
         full = [
@@ -234,6 +230,22 @@ def _crop_box(people: Sequence[Person], size: tuple[int, int], margin: float) ->
     x0, y0 = int(np.clip(np.floor(x0 - mx), 0, w - 1)), int(np.clip(np.floor(y0 - my), 0, h - 1))
     x1, y1 = int(np.clip(np.ceil(x1 + mx), x0 + 1, w)), int(np.clip(np.ceil(y1 + my), y0 + 1, h))
     return x0, y0, x1, y1
+
+
+def _pose_cell(
+    image: np.ndarray, box: tuple, height: int, people: Sequence[Person], threshold: float
+) -> np.ndarray:
+    """The ``box`` (x0, y0, x1, y1) of ``image`` scaled to ``height`` rows, people drawn."""
+    x0, y0, x1, y1 = box
+    s = height / (y1 - y0)
+    size = (max(1, round((x1 - x0) * s)), height)
+    out = cv2.resize(image[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
+    for p in people:
+        kp = np.asarray(p.keypoints, np.float64).copy()
+        # Pixel centres stay at integers in the scaled crop: x' = (x - x0 + 0.5) * s - 0.5.
+        kp[:, :2] = (kp[:, :2] - (x0, y0) + 0.5) * s - 0.5
+        out = draw_person(out, dataclasses.replace(p, keypoints=kp), threshold=threshold)
+    return out
 
 
 def _caption(cell: np.ndarray, text: str, height: int = 20) -> np.ndarray:
@@ -320,27 +332,9 @@ def pose_comparison(
             )
         frame = video.frames[fi]
         image = load(frame.path)
-        x0, y0, x1, y1 = _crop_box(frame.people, image.shape[:2], margin)
-        s = cell_height / (y1 - y0)
-        size = (max(1, round((x1 - x0) * s)), cell_height)
 
-        def cell(path: str, people: Sequence[Person], caption: str) -> np.ndarray:
-            img = load(path)
-            if img.shape != image.shape:
-                raise ValueError(
-                    f"image {path!r} has shape {img.shape}, the ground truth's {frame.path!r} "
-                    f"has {image.shape}"
-                )
-            out = cv2.resize(img[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
-            for p in people:
-                kp = np.asarray(p.keypoints, np.float64).copy()
-                # Crop pixel centres stay at integers: x' = (x - x0 + 0.5) * s - 0.5.
-                kp[:, 0] = (kp[:, 0] - x0 + 0.5) * s - 0.5
-                kp[:, 1] = (kp[:, 1] - y0 + 0.5) * s - 0.5
-                out = draw_person(out, dataclasses.replace(p, keypoints=kp), threshold=threshold)
-            return _caption(out, caption)
-
-        cells = [cell(frame.path, frame.people, f"ground truth ({video.name} #{fi})")]
+        box = _crop_box(frame.people, image.shape[:2], margin)
+        columns = [(frame.path, frame.people, f"ground truth ({video.name} #{fi})")]
         for name, lookup in lookups.items():
             pv = lookup.get(video.name)
             if pv is None:
@@ -351,7 +345,16 @@ def pose_comparison(
                     f"frames, sample asks for frame {fi}"
                 )
             pf = pv.frames[fi]
-            cells.append(cell(pf.path or frame.path, pf.people, name))
+            columns.append((pf.path or frame.path, pf.people, name))
+        cells = []
+        for path, people, caption in columns:
+            img = load(path)
+            if img.shape != image.shape:
+                raise ValueError(
+                    f"image {path!r} has shape {img.shape}, the ground truth's {frame.path!r} "
+                    f"has {image.shape}"
+                )
+            cells.append(_caption(_pose_cell(img, box, cell_height, people, threshold), caption))
         rows.append(_hstack(cells, gap))
     return _vstack(rows, gap)
 
