@@ -151,24 +151,21 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     stage1 = stage("stage1", 1, initial, train, config.stage1)
     stage2 = stage("stage2", 2, stage1, train, config.stage2)
 
-    # ------------------------------------------------------------------ evaluation
-    results = evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, timing)
-    writer.close()
-
-    # ------------------------------------------------------------------ report
-    from posewarper_jax.apps import report
-
-    timing["total"] = time.perf_counter() - t0
-    t = time.perf_counter()
-    paths = {}
-    if jax.process_index() == 0:
-        paths = report.write_report(
-            workdir, results, json.loads(config.to_json_best_effort()), timing
+    report_paths: dict[str, Any] = {}
+    if config.evaluate:
+        # -------------------------------------------------------------- evaluation
+        results = evaluate_all(
+            config, workdir, model, initial, stage1, stage2, train, stage, timing
         )
-    timing["report"] = time.perf_counter() - t
+        # -------------------------------------------------------------- report
+        t = time.perf_counter()
+        report_paths = write_report(config, workdir, results, timing, t0)
+        timing["report"] = time.perf_counter() - t
+    writer.close()
+    timing["total"] = time.perf_counter() - t0
     summary = {
         "workdir": os.path.abspath(workdir),
-        "report": paths,
+        "report": report_paths,
         "checkpoints": {
             s: os.path.abspath(os.path.join(workdir, s, "checkpoints"))
             for s in ("stage1", "stage2", "stage1_augmented")
@@ -182,3 +179,230 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def _count_labeled(dataset: VideoDataset) -> int:
     return sum(1 for _ in dataset.labeled_frames())
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+PROPAGATION = ("posewarper", "copy_nearest", "farneback", "hrnet_pseudo")
+DETECTION = ("hrnet", "posewarper_aggregation", "hrnet_pseudo_augmented")
+
+
+def _scored(workdir, section, name, gt, compute, timing, image_root):
+    """(mAP table, predictions) of one method, from disk when an earlier run finished it."""
+    from posewarper_jax.data import posetrack
+    from posewarper_jax.eval import posetrack_map
+    from posewarper_jax.eval.predictions import write_poseval_predictions
+
+    pred_dir = os.path.join(workdir, "predictions", section, name)
+    score_file = os.path.join(workdir, "eval", f"{section}_{name}.json")
+    if os.path.exists(score_file):
+        with open(score_file) as f:
+            table = json.load(f)
+        pred = posetrack.load_posetrack18(pred_dir, image_root)
+        return table, pred, pred_dir
+    t = time.perf_counter()
+    pred = compute()
+    table = posetrack_map(gt, pred)
+    if jax.process_index() == 0:
+        write_poseval_predictions(pred, gt, pred_dir)
+    _write_json(score_file, table)
+    timing[f"{section}.{name}"] = time.perf_counter() - t
+    _log(f"[{section}] {name}: mAP {table['Total']:.1f}")
+    return table, pred, pred_dir
+
+
+def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, timing):
+    """Propagation, detection and augmentation results (mAP tables, predictions, extras)."""
+    from posewarper_jax.apps import augment, baselines, detection, propagation
+    from posewarper_jax.data import detections, sparse
+
+    mesh = training.data_mesh()
+    eval_cfg = experiment.pipeline_config(config, "eval")
+    root = config.data.root
+    val = experiment.load_split(config, "val")
+    val_sparse, val_held = sparse.make_sparse_subset(
+        val, every_k=int(config.eval.propagation_every_k), seed=int(config.sparse.seed)
+    )
+    reach = int(config.eval.propagation_reach)
+    plan = propagation.plan_propagation(val_sparse, boxes=val, reach=reach)
+    tables: dict[str, dict] = {"propagation": {}, "detection": {}}
+    preds: dict[str, dict] = {"propagation": {}, "detection": {}}
+    paths: dict[str, dict] = {"propagation": {}, "detection": {}}
+
+    def record(section, name, gt, compute):
+        table, pred, path = _scored(workdir, section, name, gt, compute, timing, root)
+        tables[section][name] = table
+        preds[section][name] = pred
+        paths[section][name] = os.path.abspath(path)
+
+    # ------------------------------------------------------------------ propagation
+    _log(
+        f"propagation: {len(plan)} people on {_count_labeled(val_held)} held-back frames, "
+        f"from every {config.eval.propagation_every_k}th frame of {len(val.videos)} videos"
+    )
+    prop = {
+        "posewarper": lambda: propagation.propagate_labels(
+            model, stage2, val_sparse, pipe_cfg=eval_cfg, mesh=mesh, plan=plan
+        ),
+        "copy_nearest": lambda: baselines.copy_nearest(val_sparse, plan=plan),
+        "farneback": lambda: baselines.farneback(val_sparse, plan=plan),
+        "hrnet_pseudo": lambda: baselines.hrnet_pseudo(
+            model, stage1, val_sparse, pipe_cfg=eval_cfg, mesh=mesh, plan=plan
+        ),
+    }
+    for name in PROPAGATION:
+        record("propagation", name, val_held, prop[name])
+
+    # ------------------------------------------------------------------ detection
+    boxes: Any = "gt"
+    if config.data.val_detections:
+        boxes = detections.load_detections(
+            config.data.val_detections, val, float(config.data.detection_threshold)
+        )
+    record(
+        "detection",
+        "hrnet",
+        val,
+        lambda: detection.detect_single_frame(model, stage1, val, eval_cfg, boxes=boxes, mesh=mesh),
+    )
+    record(
+        "detection",
+        "posewarper_aggregation",
+        val,
+        lambda: detection.detect_aggregated(model, stage2, val, eval_cfg, boxes=boxes, mesh=mesh),
+    )
+    extra_tables = {}
+    causal, _, _ = _scored(
+        workdir,
+        "detection",
+        "posewarper_aggregation_causal",
+        val,
+        lambda: detection.detect_aggregated(
+            model, stage2, val, eval_cfg, boxes=boxes, mesh=mesh, causal=True
+        ),
+        timing,
+        root,
+    )
+    extra_tables["posewarper_aggregation_causal"] = causal
+
+    # ------------------------------------------------------------------ augmentation
+    t = time.perf_counter()
+    pseudo_file = os.path.join(workdir, "pseudo_labels")
+    if os.path.isdir(pseudo_file) and os.path.exists(os.path.join(pseudo_file, "done.json")):
+        augmented = sparse.read_sparse_subset(pseudo_file, root)[0]
+    else:
+        augmented = augment.pseudo_labels(
+            model,
+            stage2,
+            train,
+            deltas=tuple(int(d) for d in config.augment.deltas),
+            min_confidence=float(config.augment.min_confidence),
+            pipe_cfg=eval_cfg,
+            mesh=mesh,
+        )
+        if jax.process_index() == 0:
+            empty = VideoDataset(videos=[], fmt=augmented.fmt, root=augmented.root)
+            sparse.write_sparse_subset(augmented, empty, pseudo_file)
+            _write_json(os.path.join(pseudo_file, "done.json"), {"ok": True})
+    timing["augment.pseudo_labels"] = time.perf_counter() - t
+    num_pseudo = _count_labeled(augmented) - _count_labeled(train)
+    _log(f"augmentation: {num_pseudo} pseudo-labeled frames added to {_count_labeled(train)}")
+    aug_cfg = _augmented_stage_config(config, train, augmented)
+    stage1_aug = stage("stage1_augmented", 1, initial, augmented, aug_cfg)
+    record(
+        "detection",
+        "hrnet_pseudo_augmented",
+        val,
+        lambda: detection.detect_single_frame(
+            model, stage1_aug, val, eval_cfg, boxes=boxes, mesh=mesh
+        ),
+    )
+
+    return {
+        "propagation": tables["propagation"],
+        "detection": tables["detection"],
+        "predictions": paths,
+        "extra": {
+            "detection": extra_tables,
+            "counts": {
+                "train_labeled_frames": _count_labeled(train),
+                "pseudo_labeled_frames": num_pseudo,
+                "propagation_people": len(plan),
+                "val_videos": len(val.videos),
+            },
+        },
+        "_gt": {"propagation": val_held, "detection": val},
+        "_predictions": preds,
+        "_motion": (model, stage2, val, eval_cfg),
+    }
+
+
+def _augmented_stage_config(config, train: VideoDataset, augmented: VideoDataset):
+    """Stage-1 settings for HRNet on real + pseudo labels.
+
+    With ``augment.match_stage1_steps`` the retraining gets as many steps as stage 1 had (and
+    its LR drops at the same steps), so the two HRNets differ only in their labels, not in
+    compute; otherwise it trains ``stage1.epochs`` epochs of the larger set, as the paper.
+    """
+    from posewarper_jax.data import pipeline as pipeline_lib
+
+    cfg = mlc.ConfigDict(config.stage1.to_dict())
+    if not config.augment.match_stage1_steps:
+        return cfg
+    pipe = experiment.pipeline_config(config, "stage1")
+    spe1 = max(1, pipeline_lib.steps_per_epoch(train, pipe))
+    spe_aug = max(1, pipeline_lib.steps_per_epoch(augmented, pipe))
+    steps = training.stage_steps(config.stage1, spe1)
+    cfg.max_steps = steps
+    cfg.epochs = max(1, -(-steps // spe_aug))
+    cfg.lr_steps = tuple(e * spe1 / spe_aug for e in config.stage1.lr_steps)
+    return cfg
+
+
+def motion_sample(model, variables, dataset: VideoDataset, pipe_cfg):
+    """The learned offsets of one frame pair (frame t+1 warped onto t) for the report."""
+    from posewarper_jax.apps.report import MotionSample
+    from posewarper_jax.data import pipeline as pipeline_lib
+    from posewarper_jax.models.warping import WarpingHead
+
+    batch = next(iter(pipeline_lib.eval_map_dataset(dataset, pipe_cfg, offsets=(0, 1))))
+    frames = batch["image"][:1]
+    f = model.apply(variables, frames, False, method="heatmaps")
+    head = WarpingHead(model.head_config)
+    head_vars = {
+        "params": variables["params"]["head"],
+        "batch_stats": variables["batch_stats"]["head"],
+    }
+    _, offsets = head.apply(head_vars, f[:, 0] - f[:, 1], f[:, 1], False, return_offsets=True)
+    return MotionSample(
+        image=np.asarray(frames[0, 0]),
+        offsets=[np.asarray(o[0]) for o in offsets],
+        dilations=tuple(model.head_config.dilations),
+    )
+
+
+def write_report(config, workdir: str, results: dict, timing: dict, t0: float) -> dict:
+    """report.md, report.json and the pictures (process 0 only)."""
+    from posewarper_jax.apps import report
+
+    gt = results.pop("_gt")
+    preds = results.pop("_predictions")
+    model, variables, val, eval_cfg = results.pop("_motion")
+    if jax.process_index() != 0:
+        return {}
+    figures = report.write_figures(
+        workdir,
+        results,
+        gt=gt["detection"],
+        predictions=preds,
+        motion=motion_sample(model, variables, val, eval_cfg),
+    )
+    timing["total"] = time.perf_counter() - t0
+    report.write_report(
+        workdir, results, json.loads(config.to_json_best_effort()), timing, figures=figures
+    )
+    return {
+        "markdown": os.path.abspath(os.path.join(workdir, "report.md")),
+        "json": os.path.abspath(os.path.join(workdir, "report.json")),
+        "figures": {k: os.path.abspath(v) for k, v in figures.items()},
+    }

@@ -7,7 +7,7 @@ Variants as ``--config configs/sparse.py:key=value,...``; single fields as
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from posewarper_jax import distributed, training
+from posewarper_jax import distributed, job
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where checkpoints and results go.")
@@ -20,7 +20,9 @@ def main(argv):
         # Orbax and Grain log every save at INFO; the console keeps to progress lines.
         logging.set_verbosity(logging.WARNING)
     distributed.initialize()
-    summary = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    summary = job.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if summary["report"]:
+        print(f"report: {summary['report']['markdown']}", flush=True)
     print(f"done: results in {summary['workdir']}", flush=True)
 
 

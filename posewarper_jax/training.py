@@ -223,7 +223,8 @@ def run_stage(
         "batch_stats": variables["batch_stats"],
         "opt_state": tx.init(variables["params"]),
     }
-    state = jax.device_put(state, replicated)
+    # A private copy: the train step donates its state, and the caller keeps ``variables``.
+    state = jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=replicated)(state)
     ckpt_dir = os.path.join(stage_dir, "checkpoints")
 
     if os.path.exists(done_file):

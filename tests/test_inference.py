@@ -166,8 +166,8 @@ def test_gt_targets_recover_keypoints_and_score_full_map(data):
             if not frame.is_labeled:
                 frame.people = []
     table = posetrack_map(gt, pred)
-    # Joints whose target falls outside the crop (weight 0) are the only misses.
-    assert table["Total"] > 97.0, table
+    # 100 on this data; joints whose target falls outside the crop would be the only misses.
+    assert table["Total"] > 99.0, table
 
 
 def test_masked_rows_are_dropped_and_bad_input_named(data):

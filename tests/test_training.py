@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from posewarper_jax import experiment, training
+from posewarper_jax import experiment, job, training
 from posewarper_jax.data import pipeline as pipeline_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +45,7 @@ def tiny_config(data_root: str, **stage_overrides):
             s[k] = v
     c.checkpoint_every = 2
     c.log_every = 1
+    c.evaluate = False
     return c
 
 
@@ -99,7 +100,7 @@ def test_both_stages_on_eight_devices_loss_finite_and_falling(data_root, tmp_pat
     probe = next(iter(pipeline_lib.train_dataset(train, probe_cfg, paired=True)))
     probe = {k: jnp.asarray(probe[k]) for k in training.BATCH_KEYS}
 
-    summary = training.train_and_evaluate(c, workdir)
+    summary = job.train_and_evaluate(c, workdir)
 
     records = [json.loads(line) for line in open(summary["metrics"])]
     for stage in ("stage1", "stage2"):
@@ -135,7 +136,7 @@ def test_both_stages_on_eight_devices_loss_finite_and_falling(data_root, tmp_pat
 
     # A second call finds both stages done and returns at once with the same result.
     t = time.perf_counter()
-    training.train_and_evaluate(c, workdir)
+    job.train_and_evaluate(c, workdir)
     assert time.perf_counter() - t < 60
     assert len([json.loads(x) for x in open(summary["metrics"])]) == len(records)
 
@@ -155,6 +156,7 @@ def _main_cmd(workdir, data_root, extra=()):
         "--config.stage1.max_steps=8",
         "--config.stage2.max_steps=8",
         "--config.checkpoint_every=2",
+        "--config.evaluate=False",
         *extra,
     ]
 
@@ -264,7 +266,7 @@ def test_bad_config_fails_at_start_naming_the_field(tmp_path, field, value, mess
     section, name = field.split(".")
     c[section][name] = value
     with pytest.raises(experiment.ConfigError, match=message.replace(".", r"\.")):
-        training.train_and_evaluate(c, str(tmp_path / "run"))
+        job.train_and_evaluate(c, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "unused")
 
 
@@ -272,7 +274,7 @@ def test_missing_data_root_names_the_field(tmp_path):
     c = tiny_config(str(tmp_path / "nowhere"))
     c.data.kind = "posetrack18"
     with pytest.raises(experiment.ConfigError, match=r"data\.root"):
-        training.train_and_evaluate(c, str(tmp_path / "run"))
+        job.train_and_evaluate(c, str(tmp_path / "run"))
 
 
 def test_more_videos_than_the_data_set_has_names_the_field(data_root, tmp_path):
@@ -281,7 +283,7 @@ def test_more_videos_than_the_data_set_has_names_the_field(data_root, tmp_path):
     c.sparse.num_videos = 50
     c.sparse.frames_per_video = 1
     with pytest.raises(experiment.ConfigError, match=r"sparse\.num_videos"):
-        training.train_and_evaluate(c, str(tmp_path / "run"))
+        job.train_and_evaluate(c, str(tmp_path / "run"))
 
 
 def test_misspelt_field_fails_on_the_command_line(tmp_path):
@@ -301,7 +303,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_root, tmp
     c.checkpoint_every = 1
     workdir = str(tmp_path / "run")
     with pytest.raises(training.NonFiniteLossError, match="last good checkpoint is step") as e:
-        training.train_and_evaluate(c, workdir)
+        job.train_and_evaluate(c, workdir)
     ckpts = os.path.join(workdir, "stage1", "checkpoints")
     steps = sorted(int(s) for s in os.listdir(ckpts) if s.isdigit())
     assert steps, "no checkpoint was kept"

@@ -33,6 +33,7 @@ from posewarper_jax.apps.inference import predict, single_frame_fn
 from posewarper_jax.apps.propagation import (
     DEFAULT_REACH,
     PropagationPlan,
+    gather_rows,
     plan_propagation,
     predictions_from_plan,
 )
@@ -120,8 +121,7 @@ def farneback_flow(
     """
     if prev_grey.shape != next_grey.shape or prev_grey.ndim != 2:
         raise ValueError(
-            f"frames must be grey [H, W] of equal size, got {prev_grey.shape} and "
-            f"{next_grey.shape}"
+            f"frames must be grey [H, W] of equal size, got {prev_grey.shape} and {next_grey.shape}"
         )
     flags = cv2.OPTFLOW_FARNEBACK_GAUSSIAN if params.gaussian_window else 0
     return cv2.calcOpticalFlowFarneback(
@@ -173,17 +173,19 @@ def carry_points(
       area), at the start or after any step, and stays dead.
     """
     p = np.asarray(xy, np.float64).reshape(-1, 2).copy()
-    ok = np.ones(len(p), bool) if alive is None else np.asarray(alive, bool).copy()
-    positions, alives = [p.copy()], []
-    for t in range(len(flows) + 1):
-        if t > 0:
-            flow = flows[t - 1]
-            p = p + np.where(ok[:, None], sample_flow(flow, p), 0.0)
-            positions.append(p.copy())
-        h, w = (flows[0] if flows else np.zeros((0, 0))).shape[:2]
-        if flows:
-            ok &= (p[:, 0] >= -0.5) & (p[:, 0] <= w - 0.5) & (p[:, 1] >= -0.5)
-            ok &= p[:, 1] <= h - 0.5
+    ok = np.ones(len(p), bool) if alive is None else np.asarray(alive, bool).reshape(-1).copy()
+
+    def inside(q, flow):
+        h, w = flow.shape[:2]
+        return (q[:, 0] >= -0.5) & (q[:, 0] <= w - 0.5) & (q[:, 1] >= -0.5) & (q[:, 1] <= h - 0.5)
+
+    if flows:
+        ok &= inside(p, flows[0])
+    positions, alives = [p.copy()], [ok.copy()]
+    for flow in flows:
+        p = p + np.where(ok[:, None], sample_flow(flow, p), 0.0)
+        ok &= inside(p, flow)
+        positions.append(p.copy())
         alives.append(ok.copy())
     return np.stack(positions), np.stack(alives)
 
@@ -297,5 +299,6 @@ def hrnet_pseudo(
     for row in rows:
         r = row_of[(int(row["video"]), int(row["frame"]), int(row["person"]))]
         xy[r], scores[r], done[r] = row["keypoints"], row["maxvals"], True
+    done, xy, scores = gather_rows(done, xy, scores)
     present = np.repeat(done[:, None], NUM_JOINTS, axis=1)
     return predictions_from_plan(labeled, plan, xy, present, scores)

@@ -74,8 +74,10 @@ from posewarper_jax.data import transforms
 from posewarper_jax.data.types import NUM_JOINTS, Frame, Person, Video, VideoDataset
 
 __all__ = [
+    "DEFAULT_REACH",
     "PropagationPlan",
     "PropagationResult",
+    "gather_rows",
     "nearest_deltas",
     "pair_batches",
     "plan_propagation",
@@ -554,8 +556,7 @@ def pair_batches(
     pc = jax.process_count() if process_count is None else process_count
     if cfg.batch_size % pc:
         raise ValueError(
-            f"PipelineConfig.batch_size {cfg.batch_size} is not divisible by the process "
-            f"count {pc}"
+            f"PipelineConfig.batch_size {cfg.batch_size} is not divisible by the process count {pc}"
         )
     local = cfg.batch_size // pc
     num_batches = math.ceil(len(plan) / cfg.batch_size)
@@ -663,17 +664,28 @@ def propagate_plan(
         for row in rows:
             g = int(row["person"])
             xy[g], maxvals[g], done[g] = row["keypoints"], row["maxvals"], True
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        # Rows are disjoint across processes: each row is filled by exactly one of them.
-        parts = multihost_utils.process_allgather((xy, maxvals, present, done))
-        owner = np.argmax(parts[3], axis=0)  # [N]
-        rows_ = np.arange(n)
-        xy, maxvals, present = (p[owner, rows_] for p in parts[:3])
-        done = np.any(parts[3], axis=0)
+    done, xy, maxvals, present = gather_rows(done, xy, maxvals, present)
     present &= done[:, None]
     return PropagationResult(xy=xy, maxvals=maxvals, present=present, done=done)
+
+
+def gather_rows(done: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Combines per-row results that each process filled for its own rows only.
+
+    Args:
+      done: bool ``[N]``, the rows this process filled; arrays: ``[N, ...]`` each.
+
+    Returns:
+      ``(done, *arrays)`` with every process's rows (unchanged with one process).
+    """
+    if jax.process_count() == 1:
+        return (done, *arrays)
+    from jax.experimental import multihost_utils
+
+    parts = multihost_utils.process_allgather((done, *arrays))  # each [P, N, ...]
+    owner = np.argmax(parts[0], axis=0)  # [N]: the process that filled the row
+    rows = np.arange(len(done))
+    return (np.any(parts[0], axis=0), *(np.asarray(p)[owner, rows] for p in parts[1:]))
 
 
 def propagate_labels(
