@@ -251,7 +251,14 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
         ),
     }
     for name in PROPAGATION:
-        record("propagation", name, val_held, prop[name])
+        # Scored on the videos that lost labels (a video with at most one labeled frame
+        # keeps all of them and has nothing held back).
+        record(
+            "propagation",
+            name,
+            val_held,
+            lambda f=prop[name]: propagation.select_videos(f(), val_held),
+        )
 
     # ------------------------------------------------------------------ detection
     boxes: Any = "gt"

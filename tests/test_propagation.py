@@ -253,6 +253,15 @@ def test_identity_head_returns_quantised_source_keypoints(model_and_variables, v
     assert [f.index for f in pred.videos[0].frames if f.is_labeled] == sorted(
         {k[1] for k in plan.keys()}
     )
+    # Flip test: the identity head carries the mirrored maps back where they were, so the
+    # average changes nothing (no joint sits on the heatmap's column 0).
+    flipped = propagation.propagate_labels(
+        model, variables, labeled, pipe_cfg=PIPE, boxes=full, flip_test=True
+    )
+    for fa, fb in zip(pred.videos[0].frames, flipped.videos[0].frames):
+        for pa, pb in zip(fa.people, fb.people):
+            np.testing.assert_allclose(pa.keypoints, pb.keypoints, atol=1e-4)
+            np.testing.assert_allclose(pa.keypoint_scores, pb.keypoint_scores, atol=1e-6)
     # Writable as PoseTrack18 and read back unchanged.
     posetrack.write_posetrack18(pred, str(tmp_path / "pred"))
     back = posetrack.load_posetrack18(str(tmp_path / "pred"), pred.root)

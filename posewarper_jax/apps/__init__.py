@@ -5,8 +5,14 @@
   (``to_predictions``) that ``eval.posetrack_map`` scores.
 * ``detection``: test-time pose detection, single-frame (stage-1 HRNet) and with temporal
   aggregation over a window of neighbouring frames (symmetric or causal).
+* ``propagation``: sparse labels carried to unlabeled frames by the warping head;
+  ``baselines``: copying the nearest label, Farneback optical flow, single-frame HRNet.
+* ``augment``: pseudo labels propagated to the neighbours of labeled frames.
+* ``report`` / ``draw``: the main job's report and its pictures.
 """
 
+from posewarper_jax.apps.augment import add_pseudo_labels, pseudo_labels
+from posewarper_jax.apps.baselines import FarnebackParams, copy_nearest, farneback, hrnet_pseudo
 from posewarper_jax.apps.detection import (
     CAUSAL_WEIGHTS,
     CAUSAL_WINDOW,
@@ -23,8 +29,28 @@ from posewarper_jax.apps.inference import (
     single_frame_fn,
     to_predictions,
 )
+from posewarper_jax.apps.propagation import (
+    DEFAULT_REACH,
+    PropagationPlan,
+    plan_propagation,
+    propagate_labels,
+    propagate_plan,
+    select_videos,
+)
 
 __all__ = [
+    "DEFAULT_REACH",
+    "FarnebackParams",
+    "PropagationPlan",
+    "add_pseudo_labels",
+    "copy_nearest",
+    "farneback",
+    "hrnet_pseudo",
+    "plan_propagation",
+    "propagate_labels",
+    "propagate_plan",
+    "pseudo_labels",
+    "select_videos",
     "CAUSAL_WEIGHTS",
     "CAUSAL_WINDOW",
     "WINDOW",
