@@ -141,7 +141,8 @@ def make_train_step(
             "batch_stats": batch_stats,
             "opt_state": opt_state,
         }
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+        metrics = {"loss": loss, "grad_norm": grad_norm}
         return new_state, metrics
 
     return step

@@ -323,8 +323,8 @@ def test_sweep_expands_the_dilation_ablation(tmp_path):
     runs = sweep.load_sweeps(CONFIG_FILE)["dilations"]
     cmds = sweep.commands(CONFIG_FILE, runs, str(tmp_path))
     assert len(cmds) == 5
-    assert "--config.model.dilations='(3,)'" in cmds[0]
-    assert "--config.model.dilations='(3, 6, 12, 18, 24)'" in cmds[-1]
+    assert "'--config.model.dilations=(3,)'" in cmds[0]
+    assert "'--config.model.dilations=(3, 6, 12, 18, 24)'" in cmds[-1]
     assert len({c.split("--workdir ")[1].split()[0] for c in cmds}) == 5
     script = tmp_path / "array.sbatch"
     assert sweep.main(["--config", CONFIG_FILE, "--sweep", "vn", "--slurm", str(script)]) == 0
