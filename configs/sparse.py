@@ -6,8 +6,11 @@ The default runs the whole experiment on the embedded synthetic video data set o
 
 It generates the data set (or reuses it), keeps every 7th frame's labels of the training
 videos (the rest are held back), trains a small HRNet on the labeled frames (stage 1) and the
-warping head with the backbone frozen (stage 2), then evaluates. It finishes in about 15
-minutes on 2 CPU cores and prints where its results are.
+warping head with the backbone frozen (stage 2), then evaluates propagation, detection
+and pseudo-label augmentation and writes ``report.md``. On 2 CPU cores it took 13 min 22 s
+and reached (poseval mAP Total, %): propagation PoseWarper 15.6, copy nearest 6.5, Farneback
+30.9, HRNet pseudo labels 21.7; detection HRNet 22.5, PoseWarper aggregation 21.6, HRNet with
+pseudo labels 15.6; stage-1 loss 0.00071 and stage-2 loss 0.00079 at the end.
 
 Variants (``configs/sparse.py:key=value,...``):
 
