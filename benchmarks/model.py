@@ -26,7 +26,7 @@ from posewarper_jax.models.warping import WarpingHead, get_head_config
 
 HEADS = {
     "default": {},  # the method's head: 20 blocks x 128 channels, dilations 3..24
-    "small": {"num_blocks": 4, "channels": 32},  # the CPU default of configs/sparse.py
+    "small": {"num_blocks": 4, "channels": 32},  # CPU default width and depth, 5 dilations
 }
 
 
