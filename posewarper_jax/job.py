@@ -96,7 +96,13 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     """
     experiment.validate(config)
     os.makedirs(workdir, exist_ok=True)
+    # Seconds per phase, as measured when the phase ran: a resumed job keeps the figures of
+    # the phases an earlier run finished.
+    timing_file = os.path.join(workdir, "timing.json")
     timing: dict[str, float] = {}
+    if os.path.exists(timing_file):
+        with open(timing_file) as f:
+            timing = json.load(f)
     t0 = time.perf_counter()
 
     # ------------------------------------------------------------------ data
@@ -129,6 +135,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
 
     def stage(name: str, index: int, variables: dict, dataset: VideoDataset, stage_cfg):
         t = time.perf_counter()
+        finished = os.path.exists(os.path.join(workdir, name, "done.json"))
         out = training.run_stage(
             name=name,
             stage=index,
@@ -144,7 +151,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
             writer=writer,
             mesh=mesh,
         )
-        timing[name] = time.perf_counter() - t
+        if not finished:
+            timing[name] = time.perf_counter() - t
         return out
 
     # ------------------------------------------------------------------ stages 1 and 2
@@ -159,10 +167,11 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         )
         # -------------------------------------------------------------- report
         t = time.perf_counter()
-        report_paths = write_report(config, workdir, results, timing, t0)
+        report_paths = write_report(config, workdir, results, timing)
         timing["report"] = time.perf_counter() - t
     writer.close()
-    timing["total"] = time.perf_counter() - t0
+    timing["total"] = _total(timing)
+    _write_json(timing_file, timing)
     summary = {
         "workdir": os.path.abspath(workdir),
         "report": report_paths,
@@ -293,11 +302,11 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
     extra_tables["posewarper_aggregation_causal"] = causal
 
     # ------------------------------------------------------------------ augmentation
-    t = time.perf_counter()
     pseudo_file = os.path.join(workdir, "pseudo_labels")
     if os.path.isdir(pseudo_file) and os.path.exists(os.path.join(pseudo_file, "done.json")):
         augmented = sparse.read_sparse_subset(pseudo_file, root)[0]
     else:
+        t = time.perf_counter()
         augmented = augment.pseudo_labels(
             model,
             stage2,
@@ -311,7 +320,7 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
             empty = VideoDataset(videos=[], fmt=augmented.fmt, root=augmented.root)
             sparse.write_sparse_subset(augmented, empty, pseudo_file)
             _write_json(os.path.join(pseudo_file, "done.json"), {"ok": True})
-    timing["augment.pseudo_labels"] = time.perf_counter() - t
+        timing["augment.pseudo_labels"] = time.perf_counter() - t
     num_pseudo = _count_labeled(augmented) - _count_labeled(train)
     _log(f"augmentation: {num_pseudo} pseudo-labeled frames added to {_count_labeled(train)}")
     aug_cfg = _augmented_stage_config(config, train, augmented)
@@ -388,7 +397,11 @@ def motion_sample(model, variables, dataset: VideoDataset, pipe_cfg):
     )
 
 
-def write_report(config, workdir: str, results: dict, timing: dict, t0: float) -> dict:
+def _total(timing: dict) -> float:
+    return sum(v for k, v in timing.items() if k not in ("total", "report"))
+
+
+def write_report(config, workdir: str, results: dict, timing: dict) -> dict:
     """report.md, report.json and the pictures (process 0 only)."""
     from posewarper_jax.apps import report
 
@@ -404,7 +417,7 @@ def write_report(config, workdir: str, results: dict, timing: dict, t0: float) -
         predictions=preds,
         motion=motion_sample(model, variables, val, eval_cfg),
     )
-    timing["total"] = time.perf_counter() - t0
+    timing["total"] = _total(timing)
     report.write_report(
         workdir, results, json.loads(config.to_json_best_effort()), timing, figures=figures
     )
