@@ -29,14 +29,10 @@ def initialize() -> None:
                 f"{ENV_COORDINATOR} is set, so {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} must "
                 f"be integers too: {e}"
             ) from None
-        if os.environ.get("JAX_PLATFORMS", "") == "cpu" or not _has_accelerator_env():
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # Collectives between CPU devices of different processes (GPUs/TPUs use their own).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(os.environ[ENV_COORDINATOR], num, pid)
     elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "OMPI_COMM_WORLD_SIZE" in os.environ:
         jax.distributed.initialize()
     elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
         jax.distributed.initialize()
-
-
-def _has_accelerator_env() -> bool:
-    return bool(os.environ.get("CUDA_VISIBLE_DEVICES") or os.environ.get("TPU_NAME"))

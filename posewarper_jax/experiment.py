@@ -8,7 +8,6 @@ before any work, with the field named.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from typing import Any
 
@@ -21,8 +20,6 @@ from posewarper_jax.data.types import VideoDataset
 from posewarper_jax.models.hrnet import HRNET_VARIANTS, get_hrnet_config
 from posewarper_jax.models.posewarper import BACKBONE_BN_MODES, PoseWarper
 from posewarper_jax.models.warping import WarpingHeadConfig
-
-logger = logging.getLogger(__name__)
 
 DATA_KINDS = ("synthetic", "posetrack18", "posetrack17")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

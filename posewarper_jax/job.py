@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -49,16 +48,6 @@ def _write_json(path: str, data: Any) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(data, f, indent=2)
     os.replace(path + ".tmp", path)
-
-
-def cached(path: str, compute: Callable[[], Any]) -> Any:
-    """``compute()``'s JSON-able result, stored at ``path``: computed once per workdir."""
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    result = compute()
-    _write_json(path, result)
-    return result
 
 
 def load_pretrained(variables: dict, path: str) -> dict:

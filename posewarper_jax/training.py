@@ -13,7 +13,6 @@ skipped on restart. A non-finite loss stops the run before anything non-finite i
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from collections.abc import Callable
@@ -33,8 +32,6 @@ from posewarper_jax.data.types import VideoDataset
 from posewarper_jax.metrics import MetricWriter, Progress
 from posewarper_jax.models.freeze import freeze_optimizer
 from posewarper_jax.models.posewarper import PoseWarper
-
-logger = logging.getLogger(__name__)
 
 BATCH_KEYS = ("image", "target", "target_weight")
 

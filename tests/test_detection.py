@@ -18,6 +18,7 @@ import cv2
 import jax
 import numpy as np
 import pytest
+from references import np_decode
 
 from posewarper_jax import experiment, training
 from posewarper_jax.apps import detection
@@ -59,22 +60,6 @@ def setup(tmp_path_factory):
     return dict(root=root, val=val, model=model, variables=variables, size=size, hm=heatmaps)
 
 
-def _np_decode(hm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """HRNet's get_final_preds for one [h, w, J] map, with loops: (coords [J, 2], maxvals)."""
-    h, w, j = hm.shape
-    coords, maxvals = np.zeros((j, 2)), np.zeros(j)
-    for k in range(j):
-        m = hm[:, :, k]
-        y, x = divmod(int(np.argmax(m)), w)
-        maxvals[k] = m[y, x]
-        px, py = float(x), float(y)
-        if 1 < x < w - 1 and 1 < y < h - 1:
-            px += 0.25 * np.sign(m[y, x + 1] - m[y, x - 1])
-            py += 0.25 * np.sign(m[y + 1, x] - m[y - 1, x])
-        coords[k] = (px, py) if maxvals[k] > 0 else (0.0, 0.0)
-    return coords, maxvals
-
-
 def _reference(s, dataset, window, weights):
     """{(video, frame, person): (keypoints [J, 2], maxvals [J])}: backbone heatmaps of each
     window frame, weighted in NumPy over the valid frames, decoded with loops."""
@@ -89,7 +74,7 @@ def _reference(s, dataset, window, weights):
         agg = np.einsum("bt,bthwj->bhwj", w, hm)
         h_, w_ = agg.shape[1:3]
         for i in np.flatnonzero(batch["mask"]):
-            coords, maxvals = _np_decode(agg[i])
+            coords, maxvals = np_decode(agg[i])
             per_px = batch["scale"][i][0] * 200.0 / w_
             xy = batch["center"][i] + (coords - [w_ / 2, h_ / 2]) * per_px
             key = (int(batch["video"][i]), int(batch["frame"][i]), int(batch["person"][i]))

@@ -16,6 +16,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from references import np_decode
 
 from posewarper_jax import experiment, training
 from posewarper_jax.apps import inference
@@ -80,22 +81,6 @@ def _cfg(image_size=(128, 96), batch_size=8):
     return pipeline.PipelineConfig(
         image_size=image_size, batch_size=batch_size, augment=False, shuffle=False
     )
-
-
-def _np_decode(hm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """HRNet's get_final_preds for one [h, w, J] map, with loops: (coords [J, 2], maxvals)."""
-    h, w, j = hm.shape
-    coords, maxvals = np.zeros((j, 2)), np.zeros(j)
-    for k in range(j):
-        m = hm[:, :, k]
-        y, x = divmod(int(np.argmax(m)), w)
-        maxvals[k] = m[y, x]
-        px, py = float(x), float(y)
-        if 1 < x < w - 1 and 1 < y < h - 1:
-            px += 0.25 * np.sign(m[y, x + 1] - m[y, x - 1])
-            py += 0.25 * np.sign(m[y + 1, x] - m[y - 1, x])
-        coords[k] = (px, py) if maxvals[k] > 0 else (0.0, 0.0)
-    return coords, maxvals
 
 
 def _np_to_image(coords, center, scale, hw) -> np.ndarray:
@@ -241,7 +226,7 @@ def test_sharded_equals_unsharded_and_flip_test_matches_numpy(data, model_vars):
             back[:, :, u, :] = hmf[:, :, w - max(u, 1), :][..., perm]
         avg = 0.5 * (hm + back)
         for i in np.flatnonzero(batch["mask"]):
-            coords, maxvals = _np_decode(avg[i])
+            coords, maxvals = np_decode(avg[i])
             xy = _np_to_image(coords, batch["center"][i], batch["scale"][i], (h, w))
             np.testing.assert_allclose(flip[k]["keypoints"], xy, atol=1e-3)
             np.testing.assert_allclose(flip[k]["maxvals"], maxvals, rtol=1e-4, atol=1e-6)
