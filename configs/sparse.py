@@ -7,10 +7,11 @@ The default runs the whole experiment on the embedded synthetic video data set o
 It generates the data set (or reuses it), keeps every 7th frame's labels of the training
 videos (the rest are held back), trains a small HRNet on the labeled frames (stage 1) and the
 warping head with the backbone frozen (stage 2), then evaluates propagation, detection
-and pseudo-label augmentation and writes ``report.md``. On 2 CPU cores it took 13 min 22 s
-and reached (poseval mAP Total, %): propagation PoseWarper 15.6, copy nearest 6.5, Farneback
-30.9, HRNet pseudo labels 21.7; detection HRNet 22.5, PoseWarper aggregation 21.6, HRNet with
-pseudo labels 15.6; stage-1 loss 0.00071 and stage-2 loss 0.00079 at the end.
+and pseudo-label augmentation and writes ``report.md``. On 2 CPU cores it took 11 min 2 s
+and reached (poseval mAP Total, %): propagation PoseWarper 70.7, copy nearest 63.6, Farneback
+81.1, HRNet pseudo labels 24.0; detection HRNet 24.6, PoseWarper aggregation 26.3, HRNet with
+pseudo labels 21.2. ``python -m posewarper_jax.apps.diagnostics`` (same flags) breaks the
+propagation result down.
 
 Variants (``configs/sparse.py:key=value,...``):
 
@@ -64,6 +65,9 @@ def get_config(arg=None):
     c.data.root = str(args.get("root", "data/synthetic"))
     c.data.synthetic_preset = "default"
     c.data.synthetic_seed = 0
+    # SyntheticConfig fields replaced, e.g. "fps=6,num_train_videos=48" (use another data.root:
+    # a root holding a different synthetic config is regenerated).
+    c.data.synthetic_overrides = ""
     # Annotation locations, relative to data.root unless absolute.
     c.data.train_ann = "annotations/train"
     c.data.val_ann = "annotations/val"

@@ -57,6 +57,8 @@ def validate(config: mlc.ConfigDict) -> None:
                 _fail(f"data.{field}", d[field], f"does not exist (looked for {path})")
     if d.val_detections and not os.path.isfile(d.val_detections):
         _fail("data.val_detections", d.val_detections, "is not a file")
+    if d.kind == "synthetic":
+        synthetic_config(config)
 
     s = config.sparse
     for field in ("every_k", "num_videos", "frames_per_video"):
@@ -118,8 +120,42 @@ def ensure_data(config: mlc.ConfigDict, *, progress: bool = True) -> None:
         return
     from posewarper_jax.data import synthetic
 
-    syn = synthetic.get_config(config.data.synthetic_preset, seed=config.data.synthetic_seed)
-    synthetic.generate(config.data.root, syn, progress=progress)
+    synthetic.generate(config.data.root, synthetic_config(config), progress=progress)
+
+
+def synthetic_config(config: mlc.ConfigDict):
+    """The ``SyntheticConfig`` of ``data.synthetic_preset``, ``data.synthetic_seed`` and
+    ``data.synthetic_overrides`` (``"fps=6,num_train_videos=48"``: SyntheticConfig fields)."""
+    from posewarper_jax.data import synthetic
+
+    d = config.data
+    fields = {f.name: f for f in dataclasses.fields(synthetic.SyntheticConfig)}
+    overrides: dict[str, Any] = {"seed": d.synthetic_seed}
+    for item in str(d.get("synthetic_overrides") or "").split(","):
+        if not item.strip():
+            continue
+        key, eq, value = (x.strip() for x in item.partition("="))
+        if not eq or key not in fields or key == "seed":
+            _fail(
+                "data.synthetic_overrides",
+                d.synthetic_overrides,
+                f"{item.strip()!r} is not FIELD=VALUE with FIELD one of "
+                f"{sorted(set(fields) - {'seed'})} (the seed is data.synthetic_seed)",
+            )
+        default = getattr(synthetic.get_config("default"), key)
+        try:
+            if isinstance(default, tuple):
+                parts = value.split(":")
+                overrides[key] = tuple(type(default[0])(x) for x in parts)
+            else:
+                overrides[key] = type(default)(value)
+        except ValueError:
+            _fail("data.synthetic_overrides", d.synthetic_overrides, f"bad value in {item!r}")
+    try:
+        return synthetic.get_config(d.synthetic_preset, **overrides)
+    except ValueError as err:
+        field = "data.synthetic_preset" if "preset" in str(err) else "data.synthetic_overrides"
+        _fail(field, d.get(field.split(".")[1]), str(err))
 
 
 def load_split(config: mlc.ConfigDict, split: str) -> VideoDataset:

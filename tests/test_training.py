@@ -19,6 +19,7 @@ import pytest
 
 from posewarper_jax import experiment, job, training
 from posewarper_jax.data import pipeline as pipeline_lib
+from posewarper_jax.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(ROOT, "configs", "sparse.py")
@@ -259,6 +260,12 @@ def test_two_processes_match_one_process(data_root, tmp_path):
         ("input.sigma", -1.0, "input.sigma"),
         ("model.backbone", "w99", "model.backbone"),
         ("stage1.batch_size", 0, "stage1.batch_size"),
+        ("data.synthetic_overrides", "fps=0", "data.synthetic_overrides"),
+        ("data.synthetic_overrides", "fsp=6", "data.synthetic_overrides"),
+        ("data.synthetic_overrides", "fps", "data.synthetic_overrides"),
+        ("data.synthetic_overrides", "num_train_videos=two", "data.synthetic_overrides"),
+        ("data.synthetic_overrides", "seed=3", "data.synthetic_seed"),
+        ("data.synthetic_preset", "huge", "data.synthetic_preset"),
     ],
 )
 def test_bad_config_fails_at_start_naming_the_field(tmp_path, field, value, message):
@@ -268,6 +275,22 @@ def test_bad_config_fails_at_start_naming_the_field(tmp_path, field, value, mess
     with pytest.raises(experiment.ConfigError, match=message.replace(".", r"\.")):
         job.train_and_evaluate(c, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "unused")
+
+
+def test_synthetic_overrides_reach_the_generator(tmp_path):
+    c = tiny_config(str(tmp_path / "unused"))
+    c.data.synthetic_seed = 5
+    c.data.synthetic_overrides = " fps=6 , num_train_videos=3,person_height_frac=0.4:0.6,"
+    syn = experiment.synthetic_config(c)
+    expected = synthetic.get_config(
+        c.data.synthetic_preset,
+        seed=5,
+        fps=6.0,
+        num_train_videos=3,
+        person_height_frac=(0.4, 0.6),
+    )
+    assert syn == expected
+    assert isinstance(syn.num_train_videos, int) and isinstance(syn.fps, float)
 
 
 def test_missing_data_root_names_the_field(tmp_path):

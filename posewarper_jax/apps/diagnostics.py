@@ -1,0 +1,233 @@
+r"""Where propagation accuracy goes: ceilings and ablations on the report's propagation plan.
+
+  python -m posewarper_jax.apps.diagnostics --config configs/sparse.py --workdir runs/sparse
+
+Reads the finished stages of a main-job workdir (same ``--config`` as the run), rebuilds the
+validation propagation plan of the report (labels kept on every ``eval.propagation_every_k``-th
+frame, reach ``eval.propagation_reach``, ground-truth boxes) and prints poseval mAP rows, also
+written to ``WORKDIR/diagnostics.json``:
+
+* ``heatmap_ceiling``: every target frame's own ground truth rendered as heatmaps in its crop
+  and decoded, with the untrained (identity) head: what the heatmap grid, σ and decoding
+  allow at all.
+* ``identity_warp``: the untrained head carries A's ground truth through the heatmaps without
+  any motion (≈ copying the nearest label; the difference is the heatmap round trip).
+* ``posewarper``: the trained head, as in the report.
+* ``posewarper_identity_kernel``: the trained offsets with every deformable kernel reset to
+  the identity: the learned motion alone, without the kernels' mixing of joint channels.
+* ``posewarper_flip``: the trained head with flip test (mean of the pair and its mirror).
+* ``by_delta``: ``posewarper`` and ``farneback`` on the frames whose nearest label is |δ| away,
+  for each |δ| (scored against the held-back frames at that distance only).
+
+Nothing is trained: a stage without ``done.json`` is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from posewarper_jax.apps import baselines, propagation
+from posewarper_jax.data.types import Frame, VideoDataset
+from posewarper_jax.eval import posetrack_map
+from posewarper_jax.models.warping import identity_kernel_init
+
+__all__ = [
+    "ceiling_plan",
+    "frames_at_delta",
+    "identity_kernels",
+    "run_diagnostics",
+]
+
+
+def ceiling_plan(
+    plan: propagation.PropagationPlan, boxes: VideoDataset
+) -> propagation.PropagationPlan:
+    """``plan`` with each row's source joints replaced by the target person's own ground truth.
+
+    Args:
+      plan: a plan made with ``boxes`` (``plan.person`` indexes the people of frame B there).
+      boxes: the data set holding the target frames' ground truth.
+    """
+    names = {v.name: i for i, v in enumerate(boxes.videos)}
+    kpts = plan.source_keypoints.copy()
+    for g in range(len(plan)):
+        name = plan.video_names[int(plan.video[g])]
+        if name not in names:
+            raise ValueError(f"ceiling_plan: video {name!r} of the plan is not in boxes")
+        frame = boxes.videos[names[name]].frames[int(plan.frame[g])]
+        p = int(plan.person[g])
+        if not 0 <= p < len(frame.people):
+            raise ValueError(
+                f"ceiling_plan: row {g} (video {name!r}, frame {int(plan.frame[g])}) names "
+                f"person {p}, but the frame has {len(frame.people)}; make the plan with boxes"
+            )
+        kpts[g, :] = 0.0
+        kpts[g, 0] = frame.people[p].keypoints
+    return dataclasses.replace(plan, source_keypoints=kpts)
+
+
+def identity_kernels(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """``variables`` with every warping-head ``deform_conv*`` kernel set to the identity (the
+    head's initial value); the offsets and everything else are kept."""
+    params = dict(variables["params"])
+    head = dict(params["head"])
+    found = False
+    for name, sub in head.items():
+        if name.startswith("deform_conv"):
+            k = sub["kernel"]
+            head[name] = {**sub, "kernel": identity_kernel_init(None, k.shape, k.dtype)}
+            found = True
+    if not found:
+        raise ValueError("identity_kernels: no deform_conv* kernels under params/head")
+    params["head"] = head
+    return {**variables, "params": params}
+
+
+def frames_at_delta(
+    plan: propagation.PropagationPlan, held_back: VideoDataset, delta: int
+) -> tuple[np.ndarray, VideoDataset]:
+    """The plan rows whose nearest source is ``|δ| = delta`` away, and ``held_back`` with the
+    people of every other frame removed (so that only those frames are scored).
+
+    Returns:
+      ``(keep, gt)``: bool ``[N]`` over the plan's rows, and the reduced ground truth.
+    """
+    d = np.abs(plan.delta[:, 0]) if len(plan) else np.zeros(0, np.int32)
+    keep = (plan.source_frame[:, 0] >= 0) & (d == delta) if len(plan) else d == delta
+    rows = zip(plan.video[keep], plan.frame[keep])
+    wanted = {(plan.video_names[int(v)], int(f)) for v, f in rows}
+    videos = []
+    for video in held_back.videos:
+        frames = [
+            f
+            if (video.name, f.index) in wanted
+            else Frame(path=f.path, index=f.index, image_id=f.image_id, is_labeled=False)
+            for f in video.frames
+        ]
+        videos.append(dataclasses.replace(video, frames=frames))
+    return keep, dataclasses.replace(held_back, videos=videos)
+
+
+def run_diagnostics(
+    model,
+    initial: Mapping[str, Any],
+    trained: Mapping[str, Any],
+    val: VideoDataset,
+    *,
+    every_k: int,
+    reach: int,
+    seed: int,
+    pipe_cfg,
+    mesh=None,
+    log=print,
+) -> dict[str, Any]:
+    """All rows of the module docstring; returns ``{name: mAP table}`` plus ``by_delta``
+    (``{str(|δ|): {"posewarper": table, "farneback": table, "people": n}}``)."""
+    from posewarper_jax.data import sparse
+
+    labeled, held = sparse.make_sparse_subset(val, every_k=every_k, seed=seed)
+    plan = propagation.plan_propagation(labeled, boxes=val, reach=reach)
+    out: dict[str, Any] = {"people": len(plan)}
+
+    def prop(variables, p=plan, **kw):
+        pred = propagation.propagate_labels(
+            model, variables, labeled, pipe_cfg=pipe_cfg, mesh=mesh, plan=p, **kw
+        )
+        return propagation.select_videos(pred, held)
+
+    def row(name, pred, gt=held):
+        table = posetrack_map(gt, pred)
+        log(f"{name:28s} " + " ".join(f"{k} {v:5.1f}" for k, v in table.items()))
+        return table
+
+    out["heatmap_ceiling"] = row("heatmap_ceiling", prop(initial, ceiling_plan(plan, val)))
+    out["identity_warp"] = row("identity_warp", prop(initial))
+    out["posewarper"] = row("posewarper", prop(trained))
+    out["posewarper_identity_kernel"] = row(
+        "posewarper_identity_kernel", prop(identity_kernels(trained))
+    )
+    out["posewarper_flip"] = row("posewarper_flip", prop(trained, flip_test=True))
+    out["by_delta"] = {}
+    for delta in range(1, reach + 1):
+        keep, gt = frames_at_delta(plan, held, delta)
+        if not keep.any():
+            continue
+        sub = propagation._keep_rows(plan, keep)
+        entry = {"people": int(keep.sum())}
+        entry["posewarper"] = row(f"posewarper |δ|={delta}", prop(trained, sub), gt)
+        fb = propagation.select_videos(baselines.farneback(labeled, plan=sub), held)
+        entry["farneback"] = row(f"farneback |δ|={delta}", fb, gt)
+        out["by_delta"][str(delta)] = entry
+    return out
+
+
+def _main(argv):  # pragma: no cover - exercised through the CLI
+    from absl import app, flags, logging
+
+    from posewarper_jax import experiment, training
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    for name in ("stage1", "stage2"):
+        if not os.path.exists(os.path.join(workdir, name, "done.json")):
+            raise SystemExit(
+                f"{workdir}/{name} is not finished (no done.json): run the main job with this "
+                "config and workdir first"
+            )
+    experiment.validate(config)
+    model = experiment.make_model(config)
+    mesh = training.data_mesh()
+    initial = training.init_variables(model, config.input.image_size, config.seed)
+    train, _ = experiment.sparse_subset(config, experiment.load_split(config, "train"))
+    variables = initial
+    for index, name in ((1, "stage1"), (2, "stage2")):
+        variables = training.run_stage(
+            name=name,
+            stage=index,
+            workdir=workdir,
+            model=model,
+            variables=variables,
+            dataset=train,
+            pipe_cfg=experiment.pipeline_config(config, name),
+            stage_cfg=config[name],
+            checkpoint_every=int(config.checkpoint_every),
+            keep_checkpoints=int(config.keep_checkpoints),
+            log_every=int(config.log_every),
+            writer=None,
+            mesh=mesh,
+        )
+    out = run_diagnostics(
+        model,
+        initial,
+        variables,
+        experiment.load_split(config, "val"),
+        every_k=int(config.eval.propagation_every_k),
+        reach=int(config.eval.propagation_reach),
+        seed=int(config.sparse.seed),
+        pipe_cfg=experiment.pipeline_config(config, "eval"),
+        mesh=mesh,
+    )
+    if jax.process_index() == 0:
+        path = os.path.join(workdir, "diagnostics.json")
+        with open(path, "w") as f:
+            json.dump(out, f, indent=2)
+        print(f"written: {path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+    flags.DEFINE_string("workdir", "runs/default", "The main job's workdir.")
+    flags.mark_flags_as_required(["config"])
+    app.run(_main)

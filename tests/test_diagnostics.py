@@ -1,0 +1,148 @@
+"""Propagation diagnostics: the ceiling plan, identity kernels, the split by |δ|.
+
+Known answers come from the construction of the test video (``test_propagation``): people
+moving 2 px per frame on textured frames, labels kept on frames 0, 4 and 9.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from test_propagation import CROP, PIPE, _config_module, build_video, keep_labels
+
+from posewarper_jax import experiment, training
+from posewarper_jax.apps import diagnostics, propagation
+from posewarper_jax.eval import posetrack_map
+
+
+@pytest.fixture(scope="module")
+def model_and_variables():
+    """The tiny runlocal model at initialisation (the warping head is the identity)."""
+    c = _config_module().get_config("runlocal")
+    c.model.dilations = (3, 6)
+    c.model.head_blocks = 1
+    model = experiment.make_model(c)
+    return model, training.init_variables(model, CROP, 0)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("frames"))
+    full = build_video(root)
+    return full, keep_labels(full)
+
+
+def test_ceiling_plan_takes_the_targets_own_ground_truth(video):
+    full, labeled = video
+    plan = propagation.plan_propagation(labeled, boxes=full, reach=3)
+    ceiling = diagnostics.ceiling_plan(plan, full)
+    assert len(ceiling) == len(plan) > 0
+    for g in range(len(plan)):
+        frame = full.videos[0].frames[int(plan.frame[g])]
+        np.testing.assert_array_equal(
+            ceiling.source_keypoints[g, 0], frame.people[int(plan.person[g])].keypoints
+        )
+        assert frame.people[int(plan.person[g])].track_id == plan.track_id[g]
+    # Everything but the joints is the plan's.
+    np.testing.assert_array_equal(ceiling.box, plan.box)
+    np.testing.assert_array_equal(ceiling.source_frame, plan.source_frame)
+    # A plan made without boxes indexes A's people, not B's: refused when out of range.
+    no_boxes = propagation.plan_propagation(labeled, reach=3)
+    bad = no_boxes.__class__(**{**no_boxes.__dict__, "person": no_boxes.person + 10})
+    with pytest.raises(ValueError, match="make the plan with boxes"):
+        diagnostics.ceiling_plan(bad, full)
+
+
+def test_ceiling_decodes_own_joints_and_delta_split_partitions(model_and_variables, video):
+    """The untrained head on the ceiling plan returns every person's own joints up to the
+    heatmap round trip: targets are centred on the nearest whole cell (HRNet's rule) and a
+    centred Gaussian decodes to that cell, so the error is at most half a cell (4-px cells of
+    a 64-px crop of a 60-px padded box: 3.75 image px, half 1.875). The real plan leaves A's
+    joints 2 px per frame of |δ| behind. The split by |δ| partitions the rows and keeps the
+    ground truth of exactly their frames."""
+    model, variables = model_and_variables
+    full, labeled = video
+    plan = propagation.plan_propagation(labeled, boxes=full, reach=3)
+    held = _held(full, labeled)
+
+    def predict(p):
+        return propagation.propagate_labels(model, variables, labeled, pipe_cfg=PIPE, plan=p)
+
+    def errors(pred):
+        """{|δ|: max x error (px)} over the predicted people, against B's ground truth."""
+        gt = {(f.index, q.track_id): q for f in full.videos[0].frames for q in f.people}
+        rows = zip(plan.frame, plan.track_id, plan.delta[:, 0])
+        delta = {(int(f), int(t)): abs(int(d)) for f, t, d in rows}
+        out = {}
+        for frame in pred.videos[0].frames:
+            for q in frame.people:
+                g = gt[(frame.index, q.track_id)]
+                m = (q.keypoints[:, 2] > 0) & (g.keypoints[:, 2] > 0)
+                err = np.abs(q.keypoints[m, :2] - g.keypoints[m, :2]).max()
+                d = delta[(frame.index, q.track_id)]
+                out[d] = max(out.get(d, 0.0), float(err))
+        return out
+
+    ceiling = errors(predict(diagnostics.ceiling_plan(plan, full)))
+    assert set(ceiling) == {1, 2, 3}
+    half_cell = 0.5 * 4 * 60 / 64
+    assert max(ceiling.values()) <= half_cell + 1e-4
+    motion_free = errors(predict(plan))
+    for d, err in motion_free.items():
+        assert abs(err - 2.0 * d) <= half_cell + 1e-4  # 2 px per frame, ± the round trip
+
+    seen = np.zeros(len(plan), bool)
+    for delta in (1, 2, 3):
+        keep, gt = diagnostics.frames_at_delta(plan, held, delta)
+        assert keep.any() and not (seen & keep).any()
+        seen |= keep
+        assert np.all(np.abs(plan.delta[keep, 0]) == delta)
+        kept_frames = {int(f) for f in plan.frame[keep]}
+        for frame in gt.videos[0].frames:
+            if frame.index in kept_frames:
+                assert frame.people is held.videos[0].frames[frame.index].people
+            else:
+                assert frame.people == [] and not frame.is_labeled
+        # Scored on its own frames, the ceiling of that distance matches every person it has.
+        sub = propagation._keep_rows(diagnostics.ceiling_plan(plan, full), keep)
+        table = posetrack_map(gt, propagation.select_videos(predict(sub), gt))
+        assert table["Total"] > 50.0
+    assert seen.all()
+
+
+def _held(full, labeled):
+    """``full`` without the labeled frames' people (the frames propagation is scored on)."""
+    kept = {f.index for f in labeled.videos[0].frames if f.is_labeled}
+    others = tuple(i for i in range(len(full.videos[0].frames)) if i not in kept)
+    return keep_labels(full, labeled=others)
+
+
+def test_identity_kernels_resets_kernels_only(model_and_variables):
+    _, variables = model_and_variables
+    rng = np.random.default_rng(0)
+    noisy = jax.tree_util.tree_map(
+        lambda x: x + rng.normal(size=x.shape).astype(x.dtype), variables
+    )
+    out = diagnostics.identity_kernels(noisy)
+    head_in, head_out = noisy["params"]["head"], out["params"]["head"]
+    names = [n for n in head_out if n.startswith("deform_conv")]
+    assert names
+    for name in head_out:
+        if name in names:
+            k = np.asarray(head_out[name]["kernel"])
+            j = k.shape[2]
+            expected = np.zeros_like(k)
+            expected[1, 1] = np.eye(j)
+            np.testing.assert_array_equal(k, expected)
+        else:
+            jax.tree_util.tree_map(np.testing.assert_array_equal, head_in[name], head_out[name])
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal, noisy["params"]["backbone"], out["params"]["backbone"]
+    )
+    # At initialisation the kernels already are the identity: nothing changes.
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal, diagnostics.identity_kernels(variables), variables
+    )
+    with pytest.raises(ValueError, match="deform_conv"):
+        diagnostics.identity_kernels({"params": {"head": {}}})
