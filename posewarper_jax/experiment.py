@@ -103,6 +103,11 @@ def validate(config: mlc.ConfigDict) -> None:
             _fail(f"{name}.schedule", st.schedule, f"must be one of {SCHEDULES}")
         if st.warmup_steps < 0:
             _fail(f"{name}.warmup_steps", st.warmup_steps, "must be >= 0")
+    from posewarper_jax.training import STAGE2_TARGETS
+
+    target = config.stage2.get("target", "ground_truth")
+    if target not in STAGE2_TARGETS:
+        _fail("stage2.target", target, f"must be one of {STAGE2_TARGETS}")
     if config.checkpoint_every <= 0:
         _fail("checkpoint_every", config.checkpoint_every, "must be > 0")
     if config.keep_checkpoints <= 0:

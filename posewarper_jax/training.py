@@ -103,27 +103,44 @@ def init_variables(model: PoseWarper, image_size, seed: int) -> dict[str, Any]:
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
+STAGE2_TARGETS = ("ground_truth", "backbone")
+
+
+def _stage_loss(model, variables, batch, stage: int, target: str, train: bool):
+    """(loss, batch_stats updates or None) of one batch; see ``make_train_step``."""
+    mutable = ["batch_stats"] if train else False
+    if stage == 1:
+        out = model.apply(
+            variables, batch["image"][:, :1], train, method="heatmaps", mutable=mutable
+        )
+        hm, updates = out if train else (out, None)
+        return joints_mse(hm[:, 0], batch["target"], batch["target_weight"]), updates
+    if target not in STAGE2_TARGETS:
+        raise ValueError(f"stage-2 target must be one of {STAGE2_TARGETS}, got {target!r}")
+    out = model.apply(variables, batch["image"], train, True, method="pair", mutable=mutable)
+    (warped, f_a, _), updates = out if train else (out, None)
+    if target == "backbone":
+        # Self-supervised: the frozen backbone's own heatmaps of A, every joint.
+        weight = jnp.ones(f_a.shape[:1] + f_a.shape[-1:], f_a.dtype)
+        return joints_mse(warped, jax.lax.stop_gradient(f_a), weight), updates
+    return joints_mse(warped, batch["target"], batch["target_weight"]), updates
+
+
 def make_train_step(
-    model: PoseWarper, tx: optax.GradientTransformation, stage: int
+    model: PoseWarper, tx: optax.GradientTransformation, stage: int, target: str = "ground_truth"
 ) -> Callable[[dict, dict], tuple[dict, dict]]:
     """``step(state, batch) -> (state, metrics)``: one optimizer step.
 
     Stage 1 trains the backbone on single frames (``batch["image"][:, :1]``); stage 2 the
-    warping head on frame pairs (A's heatmaps predicted from B's, backbone frozen).
+    warping head on frame pairs (A's heatmaps predicted from B's, backbone frozen). Stage 2's
+    ``target``: ``ground_truth`` (A's labels, the paper's recipe) or ``backbone`` (the frozen
+    backbone's heatmaps of A for every joint: the head can only learn the motion between the
+    frames, not to correct the backbone; needs no labels on A).
     """
 
     def loss_fn(params, batch_stats, batch):
         variables = {"params": params, "batch_stats": batch_stats}
-        if stage == 1:
-            hm, updates = model.apply(
-                variables, batch["image"][:, :1], True, method="heatmaps", mutable=["batch_stats"]
-            )
-            pred = hm[:, 0]
-        else:
-            pred, updates = model.apply(
-                variables, batch["image"], True, method="pair", mutable=["batch_stats"]
-            )
-        loss = joints_mse(pred, batch["target"], batch["target_weight"])
+        loss, updates = _stage_loss(model, variables, batch, stage, target, train=True)
         return loss, updates["batch_stats"]
 
     def step(state, batch):
@@ -246,7 +263,7 @@ def run_stage(
     start = int(start or 0)
 
     step_fn = jax.jit(
-        make_train_step(model, tx, stage),
+        make_train_step(model, tx, stage, str(stage_cfg.get("target", "ground_truth"))),
         in_shardings=(replicated, NamedSharding(mesh, PartitionSpec("data"))),
         out_shardings=(replicated, replicated),
         donate_argnums=(0,),
@@ -313,10 +330,8 @@ def _log(msg: str) -> None:
         print(msg, flush=True)
 
 
-def batch_loss(model: PoseWarper, variables: dict, batch: dict, stage: int) -> jax.Array:
+def batch_loss(
+    model: PoseWarper, variables: dict, batch: dict, stage: int, target: str = "ground_truth"
+) -> jax.Array:
     """The training loss of ``stage`` on ``batch`` in evaluation mode (no BN updates)."""
-    if stage == 1:
-        pred = model.apply(variables, batch["image"][:, :1], False, method="heatmaps")[:, 0]
-    else:
-        pred = model.apply(variables, batch["image"], False, method="pair")
-    return joints_mse(pred, batch["target"], batch["target_weight"])
+    return _stage_loss(model, variables, batch, stage, target, train=False)[0]

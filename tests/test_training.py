@@ -250,6 +250,46 @@ def test_two_processes_match_one_process(data_root, tmp_path):
     assert _max_diff(a["batch_stats"], b["batch_stats"]) == 0.0
 
 
+def test_stage2_backbone_target_is_the_frozen_backbones_heatmaps_of_a(data_root):
+    """``stage2.target = backbone``: the loss is 0.5 * mean((warped - f_A)^2) over every joint
+    (NumPy on the model's own outputs), exactly 0 for the untrained (identity) head on pairs
+    of one frame twice, and training moves only the head."""
+    c = tiny_config(data_root)
+    c.stage2.target = "backbone"
+    # An untrained HRNet (std-0.001 convs) through BN with its initial running statistics
+    # gives ~1e-12 heatmaps; with batch statistics they are O(0.01) and f_A, f_B differ.
+    c.model.backbone_bn = "batch"
+    model = experiment.make_model(c)
+    variables = training.init_variables(model, c.input.image_size, c.seed)
+    train, _ = experiment.sparse_subset(c, experiment.load_split(c, "train"))
+    cfg = experiment.pipeline_config(c, "stage2", shuffle=False)
+    batch = next(iter(pipeline_lib.train_dataset(train, cfg, paired=True)))
+    batch = {k: jnp.asarray(batch[k]) for k in training.BATCH_KEYS}
+    assert not np.array_equal(batch["image"][:, 0], batch["image"][:, 1])
+
+    warped, f_a, _ = model.apply(variables, batch["image"], False, True, method="pair")
+    expected = 0.5 * np.mean((np.asarray(warped) - np.asarray(f_a)) ** 2)
+    got = float(training.batch_loss(model, variables, batch, 2, "backbone"))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+    same = {**batch, "image": jnp.repeat(batch["image"][:, :1], 2, axis=1)}
+    assert float(training.batch_loss(model, variables, same, 2, "backbone")) == 0.0
+    assert float(training.batch_loss(model, variables, same, 2, "ground_truth")) > 0.0
+    with pytest.raises(ValueError, match="stage-2 target"):
+        training.batch_loss(model, variables, batch, 2, "labels")
+
+    tx = training.make_optimizer(c.stage2, 2, optax.constant_schedule(1e-3))
+    step = jax.jit(training.make_train_step(model, tx, 2, "backbone"))
+    state = {"step": 0, **variables, "opt_state": tx.init(variables["params"])}
+    losses = []
+    for _ in range(8):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[0] > 1e-8 and losses[-1] < losses[0], losses
+    assert _leaves_equal(state["params"]["backbone"], variables["params"]["backbone"])
+    assert not _leaves_equal(state["params"]["head"], variables["params"]["head"])
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -266,6 +306,7 @@ def test_two_processes_match_one_process(data_root, tmp_path):
         ("data.synthetic_overrides", "num_train_videos=two", "data.synthetic_overrides"),
         ("data.synthetic_overrides", "seed=3", "data.synthetic_seed"),
         ("data.synthetic_preset", "huge", "data.synthetic_preset"),
+        ("stage2.target", "labels", "stage2.target"),
     ],
 )
 def test_bad_config_fails_at_start_naming_the_field(tmp_path, field, value, message):
