@@ -129,9 +129,6 @@ def get_config(arg=None):
     # more epochs over the few labeled frames than the paper's 10 from a COCO model.
     c.stage1 = stage(epochs=50, lr=1e-3, lr_steps=(35, 45), batch_size=16)
     c.stage2 = stage(epochs=20, lr=1e-3, lr_steps=(10, 15), batch_size=16)
-    # What the warped B is compared with: ground_truth (A's labels, the paper) or backbone (the
-    # frozen backbone's heatmaps of A: self-supervised, the head learns motion only).
-    c.stage2.target = "ground_truth"
 
     c.checkpoint_every = 100  # steps
     c.keep_checkpoints = 2
@@ -163,7 +160,6 @@ def get_config(arg=None):
         c.input.num_workers = 8
         c.stage1 = stage(epochs=10, lr=1e-4, lr_steps=(5, 7), batch_size=64)
         c.stage2 = stage(epochs=20, lr=1e-4, lr_steps=(10, 15), batch_size=64)
-        c.stage2.target = "ground_truth"
         c.checkpoint_every = 1000
         c.log_every = 100
     if args.get("runlocal"):
@@ -178,6 +174,9 @@ def get_config(arg=None):
         c.checkpoint_every = 2
         c.log_every = 1
         c.eval.batch_size = 8
+    # What stage 2 compares the warped B with: ground_truth (A's labels, the paper) or backbone
+    # (the frozen backbone's heatmaps of A: self-supervised, the head learns motion only).
+    c.stage2.target = "ground_truth"
     return c
 
 

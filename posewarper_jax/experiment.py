@@ -20,6 +20,7 @@ from posewarper_jax.data.types import VideoDataset
 from posewarper_jax.models.hrnet import HRNET_VARIANTS, get_hrnet_config
 from posewarper_jax.models.posewarper import BACKBONE_BN_MODES, PoseWarper
 from posewarper_jax.models.warping import WarpingHeadConfig
+from posewarper_jax.training import STAGE2_TARGETS
 
 DATA_KINDS = ("synthetic", "posetrack18", "posetrack17")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -103,8 +104,6 @@ def validate(config: mlc.ConfigDict) -> None:
             _fail(f"{name}.schedule", st.schedule, f"must be one of {SCHEDULES}")
         if st.warmup_steps < 0:
             _fail(f"{name}.warmup_steps", st.warmup_steps, "must be >= 0")
-    from posewarper_jax.training import STAGE2_TARGETS
-
     target = config.stage2.get("target", "ground_truth")
     if target not in STAGE2_TARGETS:
         _fail("stage2.target", target, f"must be one of {STAGE2_TARGETS}")
@@ -134,18 +133,21 @@ def synthetic_config(config: mlc.ConfigDict):
     from posewarper_jax.data import synthetic
 
     d = config.data
-    fields = {f.name: f for f in dataclasses.fields(synthetic.SyntheticConfig)}
+    if d.synthetic_preset not in synthetic.PRESETS:
+        presets = sorted(synthetic.PRESETS)
+        _fail("data.synthetic_preset", d.synthetic_preset, f"must be one of {presets}")
+    fields = {f.name for f in dataclasses.fields(synthetic.SyntheticConfig)} - {"seed"}
     overrides: dict[str, Any] = {"seed": d.synthetic_seed}
     for item in str(d.get("synthetic_overrides") or "").split(","):
         if not item.strip():
             continue
         key, eq, value = (x.strip() for x in item.partition("="))
-        if not eq or key not in fields or key == "seed":
+        if not eq or key not in fields:
             _fail(
                 "data.synthetic_overrides",
                 d.synthetic_overrides,
-                f"{item.strip()!r} is not FIELD=VALUE with FIELD one of "
-                f"{sorted(set(fields) - {'seed'})} (the seed is data.synthetic_seed)",
+                f"{item.strip()!r} is not FIELD=VALUE with FIELD one of {sorted(fields)} "
+                "(the seed is data.synthetic_seed)",
             )
         default = getattr(synthetic.get_config("default"), key)
         try:
@@ -158,9 +160,8 @@ def synthetic_config(config: mlc.ConfigDict):
             _fail("data.synthetic_overrides", d.synthetic_overrides, f"bad value in {item!r}")
     try:
         return synthetic.get_config(d.synthetic_preset, **overrides)
-    except ValueError as err:
-        field = "data.synthetic_preset" if "preset" in str(err) else "data.synthetic_overrides"
-        _fail(field, d.get(field.split(".")[1]), str(err))
+    except ValueError as err:  # a SyntheticConfig check, naming its field
+        _fail("data.synthetic_overrides", d.synthetic_overrides, str(err))
 
 
 def load_split(config: mlc.ConfigDict, split: str) -> VideoDataset:

@@ -135,7 +135,7 @@ def make_train_step(
     warping head on frame pairs (A's heatmaps predicted from B's, backbone frozen). Stage 2's
     ``target``: ``ground_truth`` (A's labels, the paper's recipe) or ``backbone`` (the frozen
     backbone's heatmaps of A for every joint: the head can only learn the motion between the
-    frames, not to correct the backbone; needs no labels on A).
+    frames, not to correct the backbone; A's labels are not used).
     """
 
     def loss_fn(params, batch_stats, batch):

@@ -99,8 +99,7 @@ def frames_at_delta(
     Returns:
       ``(keep, gt)``: bool ``[N]`` over the plan's rows, and the reduced ground truth.
     """
-    d = np.abs(plan.delta[:, 0]) if len(plan) else np.zeros(0, np.int32)
-    keep = (plan.source_frame[:, 0] >= 0) & (d == delta) if len(plan) else d == delta
+    keep = (plan.source_frame[:, 0] >= 0) & (np.abs(plan.delta[:, 0]) == delta)
     rows = zip(plan.video[keep], plan.frame[keep])
     wanted = {(plan.video_names[int(v)], int(f)) for v, f in rows}
     videos = []
