@@ -16,6 +16,7 @@ propagation result down.
 Variants (``configs/sparse.py:key=value,...``):
 
   runlocal        a few steps of each stage, for a smoke test (about a minute).
+  scratch         no pose pre-training: stage 1 trains HRNet from random weights (50 epochs).
   data=posetrack18|posetrack17, root=DIR
                   a real data set: DIR holds ``images/`` and ``annotations/{train,val}``
                   (PoseTrack18) or ``annotations/{train,val}`` annolist files (PoseTrack17).
@@ -47,7 +48,7 @@ def _parse_arg(arg):
     return out
 
 
-KNOWN_ARGS = ("runlocal", "data", "root", "paper", "backbone", "V", "N")
+KNOWN_ARGS = ("runlocal", "scratch", "data", "root", "paper", "backbone", "V", "N")
 
 
 def get_config(arg=None):
@@ -125,10 +126,27 @@ def get_config(arg=None):
         s.weight_decay = 0.0
         return s
 
-    # HRNet learns from scratch here (no download of COCO weights), so stage 1 runs many
-    # more epochs over the few labeled frames than the paper's 10 from a COCO model.
-    c.stage1 = stage(epochs=50, lr=1e-3, lr_steps=(35, 45), batch_size=16)
+    # Pose pre-training of HRNet before stage 1, the paper's COCO initialisation made here:
+    #   synthetic  the ``stills`` synthetic set (2048 labeled frames of 128 other clips),
+    #              generated into ``pretrain.root`` (default: data.root + "_stills");
+    #   coco       a COCO keypoints file ``pretrain.ann`` with its images under pretrain.root;
+    #   none       stage 1 starts from model.pretrained, or from random weights.
+    # ``model.pretrained`` (converted COCO weights) replaces it: the phase is then skipped.
+    c.pretrain = stage(epochs=0, lr=1e-3, lr_steps=(), batch_size=16)
+    c.pretrain.max_steps = 2000
+    c.pretrain.schedule = "cosine"
+    c.pretrain.data = "synthetic" if c.data.kind == "synthetic" else "none"
+    c.pretrain.root = ""
+    c.pretrain.ann = ""
+    c.pretrain.synthetic_preset = "stills"
+
+    # Stage 1 fine-tunes the pre-trained HRNet on the labeled frames (the paper's recipe).
+    c.stage1 = stage(epochs=10, lr=1e-4, lr_steps=(5, 7), batch_size=16)
     c.stage2 = stage(epochs=20, lr=1e-3, lr_steps=(10, 15), batch_size=16)
+    if args.get("scratch"):
+        # No pre-training: HRNet learns from random weights on the labeled frames alone.
+        c.pretrain.data = "none"
+        c.stage1 = stage(epochs=50, lr=1e-3, lr_steps=(35, 45), batch_size=16)
 
     c.checkpoint_every = 100  # steps
     c.keep_checkpoints = 2
@@ -160,6 +178,7 @@ def get_config(arg=None):
         c.input.num_workers = 8
         c.stage1 = stage(epochs=10, lr=1e-4, lr_steps=(5, 7), batch_size=64)
         c.stage2 = stage(epochs=20, lr=1e-4, lr_steps=(10, 15), batch_size=64)
+        c.pretrain.batch_size = 64
         c.checkpoint_every = 1000
         c.log_every = 100
     if args.get("runlocal"):
@@ -168,7 +187,8 @@ def get_config(arg=None):
         c.model.head_channels = 16
         c.model.head_blocks = 2
         c.model.dilations = (3, 6)
-        for s in (c.stage1, c.stage2):
+        c.pretrain.synthetic_preset = "tiny"
+        for s in (c.pretrain, c.stage1, c.stage2):
             s.max_steps = 4
             s.batch_size = 8
         c.checkpoint_every = 2

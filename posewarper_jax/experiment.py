@@ -25,6 +25,7 @@ from posewarper_jax.training import STAGE2_TARGETS
 DATA_KINDS = ("synthetic", "posetrack18", "posetrack17")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SCHEDULES = ("step", "cosine")
+PRETRAIN_DATA = ("none", "synthetic", "coco")
 
 
 class ConfigError(ValueError):
@@ -92,7 +93,13 @@ def validate(config: mlc.ConfigDict) -> None:
     if m.pretrained and not os.path.exists(m.pretrained):
         _fail("model.pretrained", m.pretrained, "does not exist")
 
-    for name in ("stage1", "stage2"):
+    stages = ["stage1", "stage2"]
+    if pretraining(config):
+        stages.insert(0, "pretrain")
+        _validate_pretrain(config)
+    elif config.get("pretrain") and config.pretrain.data not in PRETRAIN_DATA:
+        _fail("pretrain.data", config.pretrain.data, f"must be one of {PRETRAIN_DATA}")
+    for name in stages:
         st = config[name]
         if st.epochs <= 0 and st.max_steps <= 0:
             _fail(f"{name}.epochs", st.epochs, "must be > 0 (or set max_steps)")
@@ -115,16 +122,59 @@ def validate(config: mlc.ConfigDict) -> None:
         _fail("log_every", config.log_every, "must be > 0")
 
 
+def _validate_pretrain(config: mlc.ConfigDict) -> None:
+    p = config.pretrain
+    if p.data not in PRETRAIN_DATA:
+        _fail("pretrain.data", p.data, f"must be one of {PRETRAIN_DATA}")
+    if p.data == "synthetic":
+        from posewarper_jax.data import synthetic
+
+        if p.synthetic_preset not in synthetic.PRESETS:
+            presets = sorted(synthetic.PRESETS)
+            _fail("pretrain.synthetic_preset", p.synthetic_preset, f"must be one of {presets}")
+    else:  # coco
+        if not p.ann or not os.path.isfile(p.ann):
+            _fail("pretrain.ann", p.ann, "must name a COCO keypoints JSON file (data=coco)")
+        if not os.path.isdir(pretrain_root(config)):
+            _fail("pretrain.root", p.root, "must be the directory of the COCO images")
+
+
 # ----------------------------------------------------------------------------- data
 
 
+def pretraining(config: mlc.ConfigDict) -> bool:
+    """Whether the job pre-trains HRNet: ``pretrain.data`` names a data set and no
+    ``model.pretrained`` checkpoint replaces the phase."""
+    p = config.get("pretrain")
+    return bool(p) and p.data != "none" and not config.model.pretrained
+
+
+def pretrain_root(config: mlc.ConfigDict) -> str:
+    """``pretrain.root``, or ``data.root`` + "_stills" for the synthetic set."""
+    return config.pretrain.root or config.data.root.rstrip("/\\") + "_stills"
+
+
+def pretrain_dataset(config: mlc.ConfigDict) -> VideoDataset:
+    """The pre-training set of ``config.pretrain`` (``ensure_data`` generates the synthetic one):
+    every frame labeled, all of it used."""
+    from posewarper_jax.data import posetrack, synthetic
+
+    p, root = config.pretrain, pretrain_root(config)
+    if p.data == "coco":
+        return posetrack.load_coco_keypoints(p.ann, root)
+    return synthetic.load_split(root, "train")
+
+
 def ensure_data(config: mlc.ConfigDict, *, progress: bool = True) -> None:
-    """Generates the synthetic data set under ``data.root`` unless it is already there."""
-    if config.data.kind != "synthetic":
-        return
+    """Generates the synthetic data set under ``data.root``, and the synthetic pre-training
+    set (``pretrain_root``) when the job pre-trains on it, unless they are already there."""
     from posewarper_jax.data import synthetic
 
-    synthetic.generate(config.data.root, synthetic_config(config), progress=progress)
+    if config.data.kind == "synthetic":
+        synthetic.generate(config.data.root, synthetic_config(config), progress=progress)
+    if pretraining(config) and config.pretrain.data == "synthetic":
+        preset = synthetic.get_config(config.pretrain.synthetic_preset)
+        synthetic.generate(pretrain_root(config), preset, progress=progress)
 
 
 def synthetic_config(config: mlc.ConfigDict):

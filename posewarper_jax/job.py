@@ -1,6 +1,8 @@
 """The main job: the whole sparse-label experiment in one workdir, resumable at any point.
 
   1. data      generate (or reuse) the data set; keep the sparse training labels.
+     pretrain  HRNet pre-trained on a separate, fully labeled image set (the paper's COCO
+               initialisation), unless ``model.pretrained`` gives weights.
   2. stage1    HRNet on the labeled frames.
   3. stage2    the warping head on frame pairs, backbone frozen.
   4. evaluate  propagation (PoseWarper and three baselines) on the validation videos'
@@ -132,7 +134,9 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
             model=model,
             variables=variables,
             dataset=dataset,
-            pipe_cfg=experiment.pipeline_config(config, "stage1" if index == 1 else "stage2"),
+            pipe_cfg=experiment.pipeline_config(
+                config, "stage1" if index == 1 else "stage2", batch_size=int(stage_cfg.batch_size)
+            ),
             stage_cfg=stage_cfg,
             checkpoint_every=int(config.checkpoint_every),
             keep_checkpoints=int(config.keep_checkpoints),
@@ -145,6 +149,10 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         return out
 
     # ------------------------------------------------------------------ stages 1 and 2
+    if experiment.pretraining(config):
+        initial = pretrain(config, workdir, initial, stage)
+    elif not config.model.pretrained:
+        _log("stage1: HRNet starts from random weights (no model.pretrained, pretrain.data=none)")
     stage1 = stage("stage1", 1, initial, train, config.stage1)
     stage2 = stage("stage2", 2, stage1, train, config.stage2)
 
@@ -166,13 +174,46 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         "report": report_paths,
         "checkpoints": {
             s: os.path.abspath(os.path.join(workdir, s, "checkpoints"))
-            for s in ("stage1", "stage2", "stage1_augmented")
+            for s in ("pretrain", "stage1", "stage2", "stage1_augmented")
         },
         "metrics": os.path.abspath(os.path.join(workdir, "metrics.jsonl")),
         "timing_s": timing,
     }
     _write_json(os.path.join(workdir, "summary.json"), summary)
     return summary
+
+
+PRETRAINED_BACKBONE = os.path.join("pretrain", "backbone")
+
+
+def pretrain(config: mlc.ConfigDict, workdir: str, initial: dict, stage) -> dict:
+    """HRNet trained on ``config.pretrain``'s data set: the variables stage 1 starts from.
+
+    The backbone is also written as a converted checkpoint, ``WORKDIR/pretrain/backbone``,
+    which other runs take as ``model.pretrained`` instead of pre-training again.
+    """
+    from posewarper_jax import convert
+
+    dataset = experiment.pretrain_dataset(config)
+    _log(
+        f"pretrain: {_count_labeled(dataset)} labeled frames of {len(dataset.videos)} "
+        f"videos ({config.pretrain.data}, {experiment.pretrain_root(config)})"
+    )
+    variables = stage("pretrain", 1, initial, dataset, config.pretrain)
+    out = os.path.join(workdir, PRETRAINED_BACKBONE)
+    if jax.process_index() == 0 and not os.path.exists(out):
+        backbone = {k: variables[k]["backbone"] for k in ("params", "batch_stats")}
+        metadata = {
+            "format_version": convert.FORMAT_VERSION,
+            "layout": "posewarper_jax",
+            "target": "hrnet",
+            "variant": config.model.backbone,
+            "source": f"pretrain.data={config.pretrain.data} "
+            f"({experiment.pretrain_root(config)}), {config.pretrain.max_steps} steps",
+        }
+        convert.save_converted(out, jax.device_get(backbone), metadata)
+    _sync("pretrain")
+    return variables
 
 
 def _count_labeled(dataset: VideoDataset) -> int:

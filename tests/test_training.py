@@ -44,6 +44,7 @@ def tiny_config(data_root: str, **stage_overrides):
         s.lr_steps = ()
         for k, v in stage_overrides.items():
             s[k] = v
+    c.pretrain.data = "none"
     c.checkpoint_every = 2
     c.log_every = 1
     c.evaluate = False
@@ -158,6 +159,7 @@ def _main_cmd(workdir, data_root, extra=()):
         "--config.stage2.max_steps=8",
         "--config.checkpoint_every=2",
         "--config.evaluate=False",
+        "--config.pretrain.data=none",
         *extra,
     ]
 
@@ -307,6 +309,7 @@ def test_stage2_backbone_target_is_the_frozen_backbones_heatmaps_of_a(data_root)
         ("data.synthetic_overrides", "seed=3", "data.synthetic_seed"),
         ("data.synthetic_preset", "huge", "data.synthetic_preset"),
         ("stage2.target", "labels", "stage2.target"),
+        ("pretrain.data", "imagenet", "pretrain.data"),
     ],
 )
 def test_bad_config_fails_at_start_naming_the_field(tmp_path, field, value, message):
@@ -316,6 +319,97 @@ def test_bad_config_fails_at_start_naming_the_field(tmp_path, field, value, mess
     with pytest.raises(experiment.ConfigError, match=message.replace(".", r"\.")):
         job.train_and_evaluate(c, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "unused")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("pretrain.synthetic_preset", "huge"),
+        ("pretrain.batch_size", 0),
+        ("pretrain.ann", "missing.json"),
+        ("pretrain.root", "/nonexistent/images"),
+    ],
+)
+def test_bad_pretrain_config_names_the_field(tmp_path, field, value):
+    c = tiny_config(str(tmp_path / "unused"))
+    c.pretrain.data = "coco" if field in ("pretrain.ann", "pretrain.root") else "synthetic"
+    c.pretrain.ann = os.path.join(ROOT, "tests", "fixtures", "coco", "annotations",
+                                  "person_keypoints_val.json")  # fmt: skip
+    c.pretrain.root = os.path.join(ROOT, "tests", "fixtures", "coco", "val")
+    experiment.validate(c)
+    c.pretrain[field.split(".")[1]] = value
+    with pytest.raises(experiment.ConfigError, match=field.replace(".", r"\.")):
+        job.train_and_evaluate(c, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "unused")
+    # Weights given as model.pretrained replace the phase, so its settings are not used.
+    c.model.pretrained = str(tmp_path)
+    assert not experiment.pretraining(c)
+    experiment.validate(c)
+
+
+def test_coco_keypoints_file_is_a_pretraining_set(tmp_path):
+    c = tiny_config(str(tmp_path / "unused"))
+    c.pretrain.data = "coco"
+    c.pretrain.ann = os.path.join(ROOT, "tests", "fixtures", "coco", "annotations",
+                                  "person_keypoints_val.json")  # fmt: skip
+    c.pretrain.root = os.path.join(ROOT, "tests", "fixtures", "coco", "val")
+    experiment.validate(c)
+    ds = experiment.pretrain_dataset(c)
+    frames = [ds.videos[v].frames[f] for v, f in ds.labeled_frames()]
+    assert len(frames) == len(ds.videos) > 0
+    people = [p for f in frames for p in f.people]
+    assert people and all(os.path.isfile(f.path) for f in frames)
+    assert sum(int((p.keypoints[:, 2] > 0).sum()) for p in people) > 0
+    # Pre-training crops come out of the stage-1 pipeline like any labeled frame.
+    pipe = experiment.pipeline_config(c, "stage1", batch_size=2)
+    batch = next(iter(pipeline_lib.train_dataset(ds, pipe, paired=False)))
+    assert batch["image"].shape[0] == 2 and float(np.max(batch["target_weight"])) == 1.0
+
+
+def test_pretraining_initialises_stage1_and_exports_the_backbone(data_root, tmp_path):
+    c = tiny_config(data_root, max_steps=2, lr=1e-12)  # stage 1 barely moves its start
+    c.pretrain.data = "synthetic"
+    c.pretrain.synthetic_preset = "tiny"
+    c.pretrain.root = str(tmp_path / "stills")
+    c.pretrain.max_steps = 3
+    c.pretrain.lr = 3e-3
+    workdir = str(tmp_path / "run")
+    job.train_and_evaluate(c, workdir)
+
+    records = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in records if r["stage"] == "pretrain"] == [1, 2, 3]
+    model = experiment.make_model(c)
+    init = training.init_variables(model, c.input.image_size, c.seed)
+    exported = job.load_pretrained(init, os.path.join(workdir, job.PRETRAINED_BACKBONE))
+    restore = lambda stage: training.restore_state(  # noqa: E731
+        os.path.join(workdir, stage, "checkpoints"),
+        {
+            "step": jnp.zeros((), jnp.int32),
+            **init,
+            "opt_state": training.make_optimizer(c.stage1, 1, optax.constant_schedule(1.0)).init(
+                init["params"]
+            ),
+        },
+    )
+    pre, s1 = restore("pretrain"), restore("stage1")
+    # The export is the pre-trained backbone, which moved away from the random start...
+    assert _leaves_equal(exported["params"]["backbone"], pre["params"]["backbone"])
+    assert _leaves_equal(exported["batch_stats"]["backbone"], pre["batch_stats"]["backbone"])
+    assert _max_diff(pre["params"]["backbone"], init["params"]["backbone"]) > 1e-3
+    # ...and stage 1 started from it (at LR 1e-12 it ends where it started).
+    assert _max_diff(s1["params"]["backbone"], pre["params"]["backbone"]) < 1e-8
+
+    # Given as model.pretrained, the export replaces pre-training in another run.
+    c2 = tiny_config(data_root, max_steps=2, lr=1e-12)
+    c2.pretrain.data = "synthetic"
+    c2.pretrain.root = str(tmp_path / "never_made")
+    c2.model.pretrained = os.path.join(workdir, job.PRETRAINED_BACKBONE)
+    workdir2 = str(tmp_path / "run2")
+    job.train_and_evaluate(c2, workdir2)
+    assert not os.path.exists(os.path.join(workdir2, "pretrain"))
+    assert not os.path.exists(tmp_path / "never_made")
+    s1b = training.restore_state(os.path.join(workdir2, "stage1", "checkpoints"), s1)
+    assert _max_diff(s1b["params"]["backbone"], pre["params"]["backbone"]) < 1e-8
 
 
 def test_synthetic_overrides_reach_the_generator(tmp_path):

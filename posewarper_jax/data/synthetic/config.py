@@ -104,6 +104,11 @@ PRESETS: dict[str, SyntheticConfig] = {
     ),
     # Every run, test and demo by default: about a minute on two cores.
     "default": SyntheticConfig(),
+    # Pose pre-training, the stand-in for COCO: many short clips at 4 fps (every frame a new
+    # pose), every frame labeled, another seed than the video presets, no validation split.
+    "stills": SyntheticConfig(
+        seed=1, num_train_videos=128, num_val_videos=0, min_frames=16, max_frames=16, fps=4.0
+    ),
     # Real experiments: as many videos as the paper's largest labeled subset uses (250).
     "large": SyntheticConfig(
         num_train_videos=250,
@@ -117,7 +122,8 @@ PRESETS: dict[str, SyntheticConfig] = {
 
 
 def get_config(preset: str = "default", **overrides: Any) -> SyntheticConfig:
-    """A preset (``tiny``, ``default``, ``large``) with fields replaced by ``overrides``."""
+    """A preset (``tiny``, ``default``, ``stills``, ``large``) with fields replaced by
+    ``overrides``."""
     if preset not in PRESETS:
         raise ValueError(f"unknown synthetic preset {preset!r}; choose from {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[preset], **overrides)
