@@ -322,12 +322,23 @@ def _run_lines(config: Mapping, device: str | None) -> list[str]:
     size = _get(config, "input.image_size")
     if size is not None:
         lines.append(f"- Input crops: {size[0]} x {size[1]} (H x W)")
-    for stage in ("stage1", "stage2"):
+    pretrained = _get(config, "model.pretrained")
+    pretrain = _get(config, "pretrain.data")
+    if pretrained:
+        lines.append(f"- HRNet initialised from `{pretrained}`")
+    elif pretrain and pretrain != "none":
+        lines.append(f"- HRNet pre-trained on `{pretrain}` data before stage 1")
+    for stage in ("pretrain", "stage1", "stage2"):
         s = _get(config, stage)
+        if stage == "pretrain" and (pretrained or pretrain in (None, "none")):
+            continue
         if isinstance(s, Mapping):
             cap = f", capped at {s['max_steps']} steps" if s.get("max_steps") else ""
+            length = (
+                f"{s.get('epochs')} epochs{cap}" if s.get("epochs") else f"{s['max_steps']} steps"
+            )
             lines.append(
-                f"- {stage}: {s.get('epochs')} epochs{cap}, batch {s.get('batch_size')}, "
+                f"- {stage}: {length}, batch {s.get('batch_size')}, "
                 f"lr {s.get('lr')} ({s.get('schedule', 'step')})"
             )
     if device:
