@@ -4,14 +4,15 @@ The default runs the whole experiment on the embedded synthetic video data set o
 
   python -m posewarper_jax.main --config configs/sparse.py --workdir runs/sparse
 
-It generates the data set (or reuses it), keeps every 7th frame's labels of the training
-videos (the rest are held back), trains a small HRNet on the labeled frames (stage 1) and the
-warping head with the backbone frozen (stage 2), then evaluates propagation, detection
-and pseudo-label augmentation and writes ``report.md``. On 2 CPU cores it took 11 min 2 s
-and reached (poseval mAP Total, %): propagation PoseWarper 70.7, copy nearest 63.6, Farneback
-81.1, HRNet pseudo labels 24.0; detection HRNet 24.6, PoseWarper aggregation 26.3, HRNet with
-pseudo labels 21.2. ``python -m posewarper_jax.apps.diagnostics`` (same flags) breaks the
-propagation result down.
+It generates the data set (or reuses it) and the ``stills`` pre-training set, keeps every 7th
+frame's labels of the training videos (the rest are held back), pre-trains a small HRNet on the
+stills (the paper's COCO initialisation, made here), fine-tunes it on the labeled frames
+(stage 1), trains the warping head with the backbone frozen (stage 2), then evaluates
+propagation, detection and pseudo-label augmentation and writes ``report.md``. On 2 CPU cores
+it took 17 min 5 s and reached (poseval mAP Total, %): propagation PoseWarper 76.0, copy
+nearest 63.6, Farneback 81.1, HRNet pseudo labels 37.2; detection HRNet 38.3, PoseWarper
+aggregation 40.9, HRNet with pseudo labels 38.9. ``python -m posewarper_jax.apps.diagnostics``
+(same flags) breaks the propagation result down.
 
 Variants (``configs/sparse.py:key=value,...``):
 

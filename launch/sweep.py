@@ -3,6 +3,8 @@
   python launch/sweep.py --config configs/sparse.py --sweep dilations --root runs/dilations
   python launch/sweep.py --config configs/sparse.py:paper --sweep vn --root runs/vn \
       --slurm runs/vn.sbatch --gpus 8
+  python launch/sweep.py --config configs/sparse.py --sweep dilations --root runs/dilations \
+      --set model.pretrained=runs/sparse/pretrain/backbone   # every run reuses one pre-training
 
 A config file declares its sweeps with ``get_sweep(arg) -> {name: [overrides, ...]}``, each
 override a ``{"a.b": value}`` dict applied as ``--config.a.b=value``. Without ``--slurm`` the
@@ -47,12 +49,20 @@ def run_name(overrides: dict) -> str:
     return "_".join(parts)
 
 
-def commands(config_arg: str, runs: list[dict], root: str, python: str = "python") -> list[str]:
+def commands(
+    config_arg: str,
+    runs: list[dict],
+    root: str,
+    python: str = "python",
+    common: tuple[str, ...] = (),
+) -> list[str]:
+    """One command per run; ``common`` ("a.b=value") is added to every run's overrides."""
     out = []
     for overrides in runs:
         workdir = os.path.join(root, run_name(overrides))
         argv = [python, "-m", "posewarper_jax.main", "--config", config_arg]
         argv += ["--workdir", workdir]
+        argv += [f"--config.{item}" for item in common]
         argv += [f"--config.{k}={_value(v)}" for k, v in overrides.items()]
         out.append(shlex.join(argv))
     return out
@@ -85,12 +95,22 @@ def main(argv=None) -> int:
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--cpus", type=int, default=32)
     p.add_argument("--time", default="24:00:00")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a config override for every run, e.g. model.pretrained=runs/sparse/pretrain/backbone",
+    )
     args = p.parse_args(argv)
+    for item in args.set:
+        if "=" not in item or not item.partition("=")[0].strip():
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE")
 
     sweeps = load_sweeps(args.config)
     if args.sweep not in sweeps:
         raise SystemExit(f"--sweep {args.sweep!r}: the config declares {sorted(sweeps)}")
-    cmds = commands(args.config, sweeps[args.sweep], args.root, args.python)
+    cmds = commands(args.config, sweeps[args.sweep], args.root, args.python, tuple(args.set))
     if not args.slurm:
         print("\n".join(cmds))
         return 0

@@ -488,3 +488,9 @@ def test_sweep_expands_the_dilation_ablation(tmp_path):
     assert sweep.main(["--config", CONFIG_FILE, "--sweep", "vn", "--slurm", str(script)]) == 0
     text = script.read_text()
     assert "#SBATCH --array=0-5" in text and text.count("posewarper_jax.main") == 6
+    # --set adds one override to every run (here: one shared pre-trained backbone).
+    shared = "model.pretrained=runs/sparse/pretrain/backbone"
+    cmds = sweep.commands(CONFIG_FILE, runs, str(tmp_path), common=(shared,))
+    assert all(f"--config.{shared}" in c for c in cmds)
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        sweep.main(["--config", CONFIG_FILE, "--sweep", "vn", "--set", "model.pretrained"])
