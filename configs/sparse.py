@@ -159,6 +159,9 @@ def get_config(arg=None):
     c.eval.batch_size = 32
     c.eval.propagation_every_k = 7  # validation labels kept for propagation: every 7th frame
     c.eval.propagation_reach = 3  # |t_B - t_A| <= 3
+    # Flip test for every network prediction (PoseWarper, HRNet, aggregation, pseudo labels):
+    # HRNet's evaluation uses it; the original PoseWarper release declared it but never did.
+    c.eval.flip_test = False
 
     # ------------------------------------------------------------------ augmentation
     c.augment = mlc.ConfigDict()

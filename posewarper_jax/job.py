@@ -263,6 +263,7 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
         val, every_k=int(config.eval.propagation_every_k), seed=int(config.sparse.seed)
     )
     reach = int(config.eval.propagation_reach)
+    flip = bool(config.eval.get("flip_test", False))
     plan = propagation.plan_propagation(val_sparse, boxes=val, reach=reach)
     tables: dict[str, dict] = {"propagation": {}, "detection": {}}
     preds: dict[str, dict] = {"propagation": {}, "detection": {}}
@@ -281,12 +282,12 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
     )
     prop = {
         "posewarper": lambda: propagation.propagate_labels(
-            model, stage2, val_sparse, pipe_cfg=eval_cfg, mesh=mesh, plan=plan
+            model, stage2, val_sparse, pipe_cfg=eval_cfg, mesh=mesh, plan=plan, flip_test=flip
         ),
         "copy_nearest": lambda: baselines.copy_nearest(val_sparse, plan=plan),
         "farneback": lambda: baselines.farneback(val_sparse, plan=plan),
         "hrnet_pseudo": lambda: baselines.hrnet_pseudo(
-            model, stage1, val_sparse, pipe_cfg=eval_cfg, mesh=mesh, plan=plan
+            model, stage1, val_sparse, pipe_cfg=eval_cfg, mesh=mesh, plan=plan, flip_test=flip
         ),
     }
     for name in PROPAGATION:
@@ -305,17 +306,18 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
         boxes = detections.load_detections(
             config.data.val_detections, val, float(config.data.detection_threshold)
         )
+    detect = dict(boxes=boxes, mesh=mesh, flip_test=flip)
     record(
         "detection",
         "hrnet",
         val,
-        lambda: detection.detect_single_frame(model, stage1, val, eval_cfg, boxes=boxes, mesh=mesh),
+        lambda: detection.detect_single_frame(model, stage1, val, eval_cfg, **detect),
     )
     record(
         "detection",
         "posewarper_aggregation",
         val,
-        lambda: detection.detect_aggregated(model, stage2, val, eval_cfg, boxes=boxes, mesh=mesh),
+        lambda: detection.detect_aggregated(model, stage2, val, eval_cfg, **detect),
     )
     extra_tables = {}
     causal, _, _ = _scored(
@@ -323,9 +325,7 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
         "detection",
         "posewarper_aggregation_causal",
         val,
-        lambda: detection.detect_aggregated(
-            model, stage2, val, eval_cfg, boxes=boxes, mesh=mesh, causal=True
-        ),
+        lambda: detection.detect_aggregated(model, stage2, val, eval_cfg, causal=True, **detect),
         timing,
         root,
     )
@@ -345,6 +345,7 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
             min_confidence=float(config.augment.min_confidence),
             pipe_cfg=eval_cfg,
             mesh=mesh,
+            flip_test=flip,
         )
         if jax.process_index() == 0:
             empty = VideoDataset(videos=[], fmt=augmented.fmt, root=augmented.root)
@@ -359,9 +360,7 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
         "detection",
         "hrnet_pseudo_augmented",
         val,
-        lambda: detection.detect_single_frame(
-            model, stage1_aug, val, eval_cfg, boxes=boxes, mesh=mesh
-        ),
+        lambda: detection.detect_single_frame(model, stage1_aug, val, eval_cfg, **detect),
     )
 
     return {

@@ -143,6 +143,41 @@ def test_both_stages_on_eight_devices_loss_finite_and_falling(data_root, tmp_pat
     assert len([json.loads(x) for x in open(summary["metrics"])]) == len(records)
 
 
+def test_main_job_evaluates_and_writes_every_row_of_the_report(data_root, tmp_path):
+    c = tiny_config(data_root, max_steps=2)
+    c.sparse.every_k = 3  # unlabeled training frames for the pseudo labels
+    c.evaluate = True
+    c.eval.batch_size = 8
+    c.eval.flip_test = True
+    workdir = str(tmp_path / "run")
+    summary = job.train_and_evaluate(c, workdir)
+
+    report = json.load(open(summary["report"]["json"]))
+    columns = ["Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Total"]
+    assert set(report) >= {"propagation", "detection", "config", "timing_s"}
+    assert sorted(report["propagation"]) == sorted(job.PROPAGATION)
+    assert sorted(report["detection"]) == sorted(job.DETECTION)
+    for section in ("propagation", "detection"):
+        for table in report[section].values():
+            assert sorted(table) == sorted(columns)
+            # null: a joint group without ground truth on the tiny data (AP undefined).
+            assert all(v is None or 0.0 <= v <= 100.0 for v in table.values()), table
+            assert table["Total"] is not None
+    # Copying the nearest label carries ground truth: it finds some joints on tiny data too.
+    assert report["propagation"]["copy_nearest"]["Total"] > 0
+    assert report["config"]["eval"]["flip_test"] is True
+    for name in ("stage1", "stage2", "stage1_augmented", "propagation.posewarper"):
+        assert report["timing_s"][name] > 0
+    val = experiment.load_split(c, "val")
+    for section, methods in (("propagation", job.PROPAGATION), ("detection", job.DETECTION)):
+        for method in methods:
+            files = os.listdir(os.path.join(workdir, "predictions", section, method))
+            assert len([f for f in files if f.endswith(".json")]) == len(val.videos)
+    for path in summary["report"]["figures"].values():
+        assert os.path.getsize(path) > 0
+    assert "| Method | Head |" in open(summary["report"]["markdown"]).read()
+
+
 # ----------------------------------------------------------------------------- resume
 
 
