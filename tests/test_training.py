@@ -382,6 +382,19 @@ def test_bad_pretrain_config_names_the_field(tmp_path, field, value):
     experiment.validate(c)
 
 
+def test_variants_choose_where_hrnet_starts(tmp_path):
+    module = _config_module()
+    default = module.get_config()
+    assert default.pretrain.data == "synthetic" and experiment.pretraining(default)
+    assert default.stage1.lr == 1e-4  # stage 1 fine-tunes the pre-trained HRNet
+    scratch = module.get_config("scratch")
+    assert scratch.pretrain.data == "none" and not experiment.pretraining(scratch)
+    assert scratch.stage1.epochs == 50 and scratch.stage1.lr == 1e-3
+    real = module.get_config(f"data=posetrack18,root={tmp_path}")
+    assert real.pretrain.data == "none"  # real data: converted COCO weights or pretrain.data
+    assert experiment.pretrain_root(default) == "data/synthetic_stills"
+
+
 def test_coco_keypoints_file_is_a_pretraining_set(tmp_path):
     c = tiny_config(str(tmp_path / "unused"))
     c.pretrain.data = "coco"
