@@ -105,7 +105,7 @@ def test_ceiling_decodes_own_joints_and_delta_split_partitions(model_and_variabl
             else:
                 assert frame.people == [] and not frame.is_labeled
         # Scored on its own frames, the ceiling of that distance matches every person it has.
-        sub = propagation._keep_rows(diagnostics.ceiling_plan(plan, full), keep)
+        sub = propagation.keep_rows(diagnostics.ceiling_plan(plan, full), keep)
         table = posetrack_map(gt, propagation.select_videos(predict(sub), gt))
         assert table["Total"] > 50.0
     assert seen.all()

@@ -177,6 +177,30 @@ def test_main_job_evaluates_and_writes_every_row_of_the_report(data_root, tmp_pa
         assert os.path.getsize(path) > 0
     assert "| Method | Head |" in open(summary["report"]["markdown"]).read()
 
+    # The diagnostics command reads the finished workdir; its flip-test row is the report's
+    # PoseWarper row (same plan, same model, flip test on in both).
+    cmd = [
+        sys.executable,
+        "-m",
+        "posewarper_jax.apps.diagnostics",
+        f"--config={CONFIG_FILE}:runlocal",
+        f"--workdir={workdir}",
+        f"--config.data.root={data_root}",
+        "--config.sparse.every_k=3",
+        "--config.pretrain.data=none",
+        "--config.eval.batch_size=8",
+    ]
+    subprocess.run(cmd, env=_env(), check=True, capture_output=True)
+    diag = json.load(open(os.path.join(workdir, "diagnostics.json")))
+    assert diag["posewarper_flip"]["Total"] == pytest.approx(
+        report["propagation"]["posewarper"]["Total"], abs=1e-9
+    )
+    assert diag["heatmap_ceiling"]["Total"] >= diag["identity_warp"]["Total"]
+    missing = subprocess.run(
+        cmd[:4] + [f"--workdir={tmp_path / 'empty'}"], env=_env(), capture_output=True, text=True
+    )
+    assert missing.returncode != 0 and "not finished" in missing.stderr
+
 
 # ----------------------------------------------------------------------------- resume
 

@@ -158,7 +158,7 @@ def run_diagnostics(
         keep, gt = frames_at_delta(plan, held, delta)
         if not keep.any():
             continue
-        sub = propagation._keep_rows(plan, keep)
+        sub = propagation.keep_rows(plan, keep)
         entry = {"people": int(keep.sum())}
         entry["posewarper"] = row(f"posewarper |δ|={delta}", prop(trained, sub), gt)
         fb = propagation.select_videos(baselines.farneback(labeled, plan=sub), held)

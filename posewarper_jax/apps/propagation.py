@@ -78,6 +78,7 @@ __all__ = [
     "PropagationPlan",
     "PropagationResult",
     "gather_rows",
+    "keep_rows",
     "nearest_deltas",
     "pair_batches",
     "plan_propagation",
@@ -728,14 +729,14 @@ def propagate_labels(
     res = propagate_plan(
         model, variables, labeled, plan, pipe_cfg=pipe_cfg, mesh=mesh, flip_test=flip_test
     )
-    return predictions_from_plan(labeled, _keep_rows(plan, res.done), *_kept(res))
+    return predictions_from_plan(labeled, keep_rows(plan, res.done), *_kept(res))
 
 
 def _kept(res: PropagationResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return res.xy[res.done], res.present[res.done], res.scores[res.done]
 
 
-def _keep_rows(plan: PropagationPlan, keep: np.ndarray) -> PropagationPlan:
+def keep_rows(plan: PropagationPlan, keep: np.ndarray) -> PropagationPlan:
     """The plan's rows where ``keep`` (bool [N]) is True."""
     if np.all(keep):
         return plan
