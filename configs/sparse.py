@@ -187,6 +187,8 @@ def get_config(arg=None):
         c.log_every = 100
     if args.get("runlocal"):
         c.data.synthetic_preset = "tiny"
+        # Its own data root, so a smoke test leaves the default's data sets alone.
+        c.data.root = str(args.get("root", "data/synthetic_tiny"))
         c.model.backbone = str(args.get("backbone", "tiny"))
         c.model.head_channels = 16
         c.model.head_blocks = 2

@@ -417,6 +417,9 @@ def test_variants_choose_where_hrnet_starts(tmp_path):
     real = module.get_config(f"data=posetrack18,root={tmp_path}")
     assert real.pretrain.data == "none"  # real data: converted COCO weights or pretrain.data
     assert experiment.pretrain_root(default) == "data/synthetic_stills"
+    # The smoke test keeps its tiny data sets apart from the default's.
+    smoke = module.get_config("runlocal")
+    assert experiment.pretrain_root(smoke) == "data/synthetic_tiny_stills"
 
 
 def test_coco_keypoints_file_is_a_pretraining_set(tmp_path):
