@@ -127,22 +127,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     def stage(name: str, index: int, variables: dict, dataset: VideoDataset, stage_cfg):
         t = time.perf_counter()
         finished = os.path.exists(os.path.join(workdir, name, "done.json"))
-        out = training.run_stage(
-            name=name,
-            stage=index,
-            workdir=workdir,
-            model=model,
-            variables=variables,
-            dataset=dataset,
-            pipe_cfg=experiment.pipeline_config(
-                config, "stage1" if index == 1 else "stage2", batch_size=int(stage_cfg.batch_size)
-            ),
-            stage_cfg=stage_cfg,
-            checkpoint_every=int(config.checkpoint_every),
-            keep_checkpoints=int(config.keep_checkpoints),
-            log_every=int(config.log_every),
-            writer=writer,
-            mesh=mesh,
+        out = run_job_stage(
+            config, workdir, model, name, index, variables, dataset, stage_cfg, writer, mesh
         )
         if not finished:
             timing[name] = time.perf_counter() - t
@@ -181,6 +167,39 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     }
     _write_json(os.path.join(workdir, "summary.json"), summary)
     return summary
+
+
+def run_job_stage(
+    config: mlc.ConfigDict,
+    workdir: str,
+    model,
+    name: str,
+    index: int,
+    variables: dict,
+    dataset: VideoDataset,
+    stage_cfg: mlc.ConfigDict,
+    writer: MetricWriter | None,
+    mesh,
+) -> dict:
+    """``training.run_stage`` with the job's settings from ``config``: stage ``index`` (1:
+    HRNet, 2: warping head) named ``name`` in ``workdir``; a finished stage is loaded."""
+    return training.run_stage(
+        name=name,
+        stage=index,
+        workdir=workdir,
+        model=model,
+        variables=variables,
+        dataset=dataset,
+        pipe_cfg=experiment.pipeline_config(
+            config, "stage1" if index == 1 else "stage2", batch_size=int(stage_cfg.batch_size)
+        ),
+        stage_cfg=stage_cfg,
+        checkpoint_every=int(config.checkpoint_every),
+        keep_checkpoints=int(config.keep_checkpoints),
+        log_every=int(config.log_every),
+        writer=writer,
+        mesh=mesh,
+    )
 
 
 PRETRAINED_BACKBONE = os.path.join("pretrain", "backbone")

@@ -9,28 +9,20 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from test_propagation import CROP, PIPE, _config_module, build_video, keep_labels
+from test_propagation import PIPE, full_and_labeled, keep_labels, tiny_model
 
-from posewarper_jax import experiment, training
 from posewarper_jax.apps import diagnostics, propagation
 from posewarper_jax.eval import posetrack_map
 
 
 @pytest.fixture(scope="module")
 def model_and_variables():
-    """The tiny runlocal model at initialisation (the warping head is the identity)."""
-    c = _config_module().get_config("runlocal")
-    c.model.dilations = (3, 6)
-    c.model.head_blocks = 1
-    model = experiment.make_model(c)
-    return model, training.init_variables(model, CROP, 0)
+    return tiny_model((3, 6))
 
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("frames"))
-    full = build_video(root)
-    return full, keep_labels(full)
+    return full_and_labeled(tmp_path_factory)
 
 
 def test_ceiling_plan_takes_the_targets_own_ground_truth(video):

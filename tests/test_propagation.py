@@ -102,21 +102,29 @@ def _config_module():
     return module
 
 
-@pytest.fixture(scope="module")
-def model_and_variables():
+def tiny_model(dilations):
     """The tiny runlocal model at initialisation (the warping head is the identity)."""
     c = _config_module().get_config("runlocal")
-    c.model.dilations = (3,)
+    c.model.dilations = dilations
     c.model.head_blocks = 1
     model = experiment.make_model(c)
     return model, training.init_variables(model, CROP, 0)
 
 
+def full_and_labeled(tmp_path_factory):
+    """The test video (every frame labeled) and its copy with labels on ``LABELED`` only."""
+    full = build_video(str(tmp_path_factory.mktemp("frames")))
+    return full, keep_labels(full)
+
+
+@pytest.fixture(scope="module")
+def model_and_variables():
+    return tiny_model((3,))
+
+
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("frames"))
-    full = build_video(root)
-    return full, keep_labels(full)
+    return full_and_labeled(tmp_path_factory)
 
 
 PIPE = pl.PipelineConfig(image_size=CROP, sigma=1.0, batch_size=8, augment=False)

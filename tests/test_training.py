@@ -72,6 +72,14 @@ def _restore_final(workdir, config):
     return training.restore_state(os.path.join(workdir, "stage2", "checkpoints"), state)
 
 
+def _first_pair_batch(c):
+    """The first batch of the stage-2 stream (unshuffled) on the sparse training labels."""
+    train, _ = experiment.sparse_subset(c, experiment.load_split(c, "train"))
+    cfg = experiment.pipeline_config(c, "stage2", shuffle=False)
+    batch = next(iter(pipeline_lib.train_dataset(train, cfg, paired=True)))
+    return {k: jnp.asarray(batch[k]) for k in training.BATCH_KEYS}
+
+
 def _leaves_equal(a, b):
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     assert len(la) == len(lb)
@@ -96,11 +104,8 @@ def test_both_stages_on_eight_devices_loss_finite_and_falling(data_root, tmp_pat
 
     model = experiment.make_model(c)
     init = training.init_variables(model, c.input.image_size, c.seed)
-    train, _ = experiment.sparse_subset(c, experiment.load_split(c, "train"))
     # A fixed batch (the first of the stage-2 stream) measures both stages before and after.
-    probe_cfg = experiment.pipeline_config(c, "stage2", shuffle=False)
-    probe = next(iter(pipeline_lib.train_dataset(train, probe_cfg, paired=True)))
-    probe = {k: jnp.asarray(probe[k]) for k in training.BATCH_KEYS}
+    probe = _first_pair_batch(c)
 
     summary = job.train_and_evaluate(c, workdir)
 
@@ -322,10 +327,7 @@ def test_stage2_backbone_target_is_the_frozen_backbones_heatmaps_of_a(data_root)
     c.model.backbone_bn = "batch"
     model = experiment.make_model(c)
     variables = training.init_variables(model, c.input.image_size, c.seed)
-    train, _ = experiment.sparse_subset(c, experiment.load_split(c, "train"))
-    cfg = experiment.pipeline_config(c, "stage2", shuffle=False)
-    batch = next(iter(pipeline_lib.train_dataset(train, cfg, paired=True)))
-    batch = {k: jnp.asarray(batch[k]) for k in training.BATCH_KEYS}
+    batch = _first_pair_batch(c)
     assert not np.array_equal(batch["image"][:, 0], batch["image"][:, 1])
 
     warped, f_a, _ = model.apply(variables, batch["image"], False, True, method="pair")

@@ -170,7 +170,7 @@ def run_diagnostics(
 def _main(argv):  # pragma: no cover - exercised through the CLI
     from absl import app, flags, logging
 
-    from posewarper_jax import experiment, training
+    from posewarper_jax import experiment, job, training
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -189,20 +189,8 @@ def _main(argv):  # pragma: no cover - exercised through the CLI
     train, _ = experiment.sparse_subset(config, experiment.load_split(config, "train"))
     variables = initial
     for index, name in ((1, "stage1"), (2, "stage2")):
-        variables = training.run_stage(
-            name=name,
-            stage=index,
-            workdir=workdir,
-            model=model,
-            variables=variables,
-            dataset=train,
-            pipe_cfg=experiment.pipeline_config(config, name),
-            stage_cfg=config[name],
-            checkpoint_every=int(config.checkpoint_every),
-            keep_checkpoints=int(config.keep_checkpoints),
-            log_every=int(config.log_every),
-            writer=None,
-            mesh=mesh,
+        variables = job.run_job_stage(
+            config, workdir, model, name, index, variables, train, config[name], None, mesh
         )
     out = run_diagnostics(
         model,
