@@ -20,6 +20,7 @@ from posewarper_jax.data.types import VideoDataset
 from posewarper_jax.models.hrnet import HRNET_VARIANTS, get_hrnet_config
 from posewarper_jax.models.posewarper import BACKBONE_BN_MODES, PoseWarper
 from posewarper_jax.models.warping import WarpingHeadConfig
+from posewarper_jax.ops.heatmaps import DECODINGS
 from posewarper_jax.training import STAGE2_TARGETS
 
 DATA_KINDS = ("synthetic", "posetrack18", "posetrack17")
@@ -76,6 +77,11 @@ def validate(config: mlc.ConfigDict) -> None:
         _fail("input.image_size", i.image_size, "must be (H, W), each a positive multiple of 32")
     if i.support_range < 0:
         _fail("input.support_range", i.support_range, "must be >= 0")
+    encodings = transforms.TARGET_ENCODINGS
+    if i.target_encoding not in encodings:
+        _fail("input.target_encoding", i.target_encoding, f"must be one of {encodings}")
+    if config.eval.decoding not in DECODINGS:
+        _fail("eval.decoding", config.eval.decoding, f"must be one of {DECODINGS}")
 
     m = config.model
     if m.backbone not in HRNET_VARIANTS:
@@ -259,6 +265,8 @@ def pipeline_config(config: mlc.ConfigDict, stage: str, **overrides) -> pipeline
     kwargs = dict(
         image_size=tuple(i.image_size),
         sigma=float(i.sigma),
+        target_encoding=str(i.target_encoding),
+        decoding=str(config.eval.decoding),
         support_range=int(i.support_range),
         aug=aug,
         augment=stage != "eval",

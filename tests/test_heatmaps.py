@@ -237,3 +237,129 @@ def test_heatmap_to_image_inverts_rotated_crop_and_batches():
     got = np.asarray(fn(hm_coords, centers, scales, heatmap_size, rots))
     np.testing.assert_allclose(got, points, rtol=0, atol=2e-3)  # inverse of the forward crop
     np.testing.assert_allclose(got, np.stack(refs), rtol=0, atol=2e-3)
+
+
+# ----------------------------------------------------------------------------- DARK decoding
+
+
+def ref_dark(hm_nchw: np.ndarray, sigma: float):
+    """DARK's decoding written from its definition with cv2: zero-padded Gaussian blur
+    (cv2.GaussianBlur, kernel 2 ceil(3 sigma) + 1), rescaled to the map's maximum, log, then
+    the Newton step -H^-1 g at the argmax with central differences (g: step 1, H: step 2),
+    one joint at a time; no step at the borders or where H is not negative definite."""
+    n, j, h, w = hm_nchw.shape
+    r = max(1, math.ceil(3 * sigma))
+    coords = np.zeros((n, j, 2))
+    for a in range(n):
+        for p in range(j):
+            m = hm_nchw[a, p].astype(np.float64)
+            k = int(np.argmax(m))
+            x, y = k % w, k // w
+            padded = np.zeros((h + 2 * r, w + 2 * r))
+            padded[r:-r, r:-r] = m
+            blur = cv2.GaussianBlur(
+                padded, (2 * r + 1, 2 * r + 1), sigma, borderType=cv2.BORDER_CONSTANT
+            )
+            blur = blur[r:-r, r:-r]
+            blur *= m.max() / blur.max()
+            lg = np.log(np.maximum(blur, 1e-10))
+            cx, cy = float(x), float(y)
+            if 1 < x < w - 2 and 1 < y < h - 2:
+                g = np.array(
+                    [0.5 * (lg[y, x + 1] - lg[y, x - 1]), 0.5 * (lg[y + 1, x] - lg[y - 1, x])]
+                )
+                dxx = 0.25 * (lg[y, x + 2] - 2 * lg[y, x] + lg[y, x - 2])
+                dyy = 0.25 * (lg[y + 2, x] - 2 * lg[y, x] + lg[y - 2, x])
+                dxy = 0.25 * (
+                    lg[y + 1, x + 1] - lg[y - 1, x + 1] - lg[y + 1, x - 1] + lg[y - 1, x - 1]
+                )
+                hess = np.array([[dxx, dxy], [dxy, dyy]])
+                if dxx < 0 and np.linalg.det(hess) > 0:
+                    step = np.clip(-np.linalg.solve(hess, g), -1, 1)
+                    cx, cy = cx + step[0], cy + step[1]
+            coords[a, p] = (cx, cy)
+    return coords
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_dark_decode_matches_reference_on_noisy_maps(sigma):
+    """Blurred random blobs plus noise (network-like maps): the jnp decoding equals the cv2 /
+    NumPy reference (atol 1e-4 heatmap px)."""
+    rng = np.random.default_rng(11)
+    n, j, h, w = 3, 17, 16, 12
+    hm = np.zeros((n, j, h, w), np.float32)
+    for a in range(n):
+        for p in range(j):
+            cx, cy = rng.uniform(-1, w), rng.uniform(-1, h)
+            yy, xx = np.mgrid[0:h, 0:w]
+            s = rng.uniform(0.8, 2.5)
+            hm[a, p] = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s))
+            hm[a, p] += 0.05 * rng.normal(size=(h, w))
+    coords, maxvals = decode_heatmaps(jnp.asarray(nhwc(hm)), method="dark", sigma=sigma)
+    np.testing.assert_allclose(np.asarray(coords), ref_dark(hm, sigma), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(maxvals), hm.reshape(n, j, -1).max(-1), rtol=1e-6)
+
+
+def test_dark_decode_recovers_subpixel_gaussians_where_quarter_cannot():
+    """Sub-pixel targets decode to their exact centre with "dark" (within 0.01 px); the
+    quarter-pixel step is off by up to 0.25 px per axis on the same maps."""
+    rng = np.random.default_rng(12)
+    hm_size, img = (32, 24), (128, 96)
+    joints = np.stack([rng.uniform(12, 84, 17), rng.uniform(12, 116, 17)], axis=1)
+    target, weight = T.gaussian_targets(joints, np.ones(17), hm_size, img, 1.0, "subpixel")
+    assert weight.all()
+    dark, _ = decode_heatmaps(jnp.asarray(target), method="dark", sigma=1.0)
+    quarter, _ = decode_heatmaps(jnp.asarray(target))
+    err_dark = np.abs(np.asarray(dark) - joints / 4)
+    err_quarter = np.abs(np.asarray(quarter) - joints / 4)
+    assert err_dark.max() < 0.01
+    assert 0.1 < err_quarter.max() <= 0.25 + 1e-6
+
+
+def test_dark_decode_border_flat_maps_and_errors():
+    h, w = 8, 10
+    hm = np.zeros((1, h, w, 4), np.float32)
+    hm[0, 4, 1, 0] = 1.0  # x == 1: no step (its x - 2 neighbour is off the map)
+    hm[0, 4, w - 2, 1] = 1.0  # x == w - 2: no step either
+    hm[0, 3, 5, 2] = 1.0  # interior single spike: blurred into a symmetric peak, no step
+    hm[0, ..., 3] = -1.0  # all negative: (0, 0) as HRNet's "zero" rule
+    coords, _ = decode_heatmaps(jnp.asarray(hm), method="dark", sigma=1.0)
+    np.testing.assert_allclose(
+        np.asarray(coords)[0], [[1, 4], [w - 2, 4], [5, 3], [0, 0]], rtol=0, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="sigma"):
+        decode_heatmaps(jnp.asarray(hm), method="dark")
+    with pytest.raises(ValueError, match="method"):
+        decode_heatmaps(jnp.asarray(hm), method="soft")
+
+
+@pytest.mark.parametrize("shift", [0.75, 0.3])
+def test_flip_back_fractional_shift_matches_loop(shift):
+    hm = np.random.default_rng(13).normal(size=(2, 17, 6, 5)).astype(np.float32)
+    flipped = ref_flip_back(hm, FLIP_PAIRS, False)
+    ref = flipped.copy()
+    for u in range(1, hm.shape[3]):
+        ref[..., u] = (1 - shift) * flipped[..., u] + shift * flipped[..., u - 1]
+    out = flip_back(jnp.asarray(nhwc(hm)), FLIP_PAIRS, shift=shift)
+    np.testing.assert_allclose(np.asarray(out), nhwc(ref), rtol=0, atol=1e-6)
+    whole = flip_back(jnp.asarray(nhwc(hm)), FLIP_PAIRS, shift=1.0)
+    np.testing.assert_array_equal(np.asarray(whole), nhwc(ref_flip_back(hm, FLIP_PAIRS, True)))
+    with pytest.raises(ValueError, match="shift"):
+        flip_back(jnp.asarray(nhwc(hm)), FLIP_PAIRS, shift=1.5)
+
+
+def test_exact_flip_shift_aligns_subpixel_targets():
+    """A joint's sub-pixel target in the mirrored crop, brought back with the shift 1 - 1/s,
+    decodes (dark) where the joint is in the unmirrored crop; HRNet's one-pixel shift leaves
+    it a quarter pixel off. Tolerance 0.03 px: linear interpolation is not an exact shift of a
+    sigma = 1 Gaussian (it biases the centre by about 0.02 px)."""
+    hm_size, img = (32, 24), (128, 96)
+    joints = np.array([[37.3, 50.6], [60.1, 81.2]])
+    mirrored = np.stack([img[1] - 1 - joints[:, 0], joints[:, 1]], axis=1)
+    t, _ = T.gaussian_targets(mirrored, np.ones(2), hm_size, img, 1.0, "subpixel")
+    pairs = [(0, 1)]
+    for shift, off in ((0.75, 0.0), (True, 0.25)):
+        back = flip_back(jnp.asarray(t), pairs, shift=shift)[..., ::-1]  # undo the swap
+        coords, _ = decode_heatmaps(back, method="dark", sigma=1.0)
+        np.testing.assert_allclose(np.asarray(coords)[:, 0], joints[:, 0] / 4 + off, atol=0.03)
+        np.testing.assert_allclose(np.asarray(coords)[:, 1], joints[:, 1] / 4, atol=0.03)

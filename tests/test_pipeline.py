@@ -109,6 +109,10 @@ def test_config_validation():
         pl.PipelineConfig(batch_size=0)
     with pytest.raises(ValueError, match="num_workers"):
         pl.PipelineConfig(num_workers=-2)
+    with pytest.raises(ValueError, match="target_encoding"):
+        pl.PipelineConfig(target_encoding="rounded")
+    with pytest.raises(ValueError, match="decoding"):
+        pl.PipelineConfig(decoding="softargmax")
     c = pl.PipelineConfig()
     assert c.image_size == (128, 96) and c.heatmap_size == (32, 24) and c.aspect_ratio == 0.75
 
@@ -185,6 +189,24 @@ def test_a_and_b_share_crop_and_augmentation(data):
             np.testing.assert_array_equal(b["target_weight"][r], ref_w)
             checked += 1
     assert checked >= 8
+
+
+def test_subpixel_targets_follow_the_batch_joints(data):
+    """``target_encoding="subpixel"`` renders each target on its joint's exact position."""
+    ds = pl.train_map_dataset(
+        data, cfg(target_encoding="subpixel"), process_index=0, process_count=1
+    )
+    b = ds[0]
+    for r in range(4):
+        joints = b["joints"][r]
+        ref_t, ref_w = T.gaussian_targets(
+            joints[:, :2], joints[:, 2], (16, 12), SIZE, 1.0, "subpixel"
+        )
+        np.testing.assert_allclose(b["target"][r], ref_t, atol=1e-6)
+        np.testing.assert_array_equal(b["target_weight"][r], ref_w)
+    integer = pl.train_map_dataset(data, cfg(), process_index=0, process_count=1)[0]
+    np.testing.assert_array_equal(integer["joints"], b["joints"])  # same examples
+    assert not np.allclose(integer["target"], b["target"])
 
 
 def test_determinism_seeds_and_epochs(data):

@@ -280,6 +280,36 @@ def test_identity_head_returns_quantised_source_keypoints(model_and_variables, v
             np.testing.assert_allclose(pa.keypoint_scores, pb.keypoint_scores, atol=1e-5)
 
 
+def test_identity_head_with_subpixel_coding_returns_source_keypoints(model_and_variables, video):
+    """Sub-pixel targets + "dark" decoding: the identity head carries A's keypoints to B
+    exactly up to the decoding (within 0.02 heatmap px, 0.075 image px here), where HRNet's
+    coding is off by up to half a heatmap pixel; the flip test, with its exact realignment,
+    moves them by less than 0.05 heatmap px."""
+    model, variables = model_and_variables
+    full, labeled = video
+    cfg = dataclasses.replace(PIPE, target_encoding="subpixel", decoding="dark")
+    pred = propagation.propagate_labels(model, variables, labeled, pipe_cfg=cfg, boxes=full)
+    copied = baselines.copy_nearest(labeled, boxes=full)
+    px = 1.25 * 48.0 / (CROP[1] // 4)  # image px per heatmap px (boxes are 28 x 48)
+    flipped = propagation.propagate_labels(
+        model, variables, labeled, pipe_cfg=cfg, boxes=full, flip_test=True
+    )
+    checked = 0
+    for fa, fc, ff in zip(pred.videos[0].frames, copied.videos[0].frames, flipped.videos[0].frames):
+        for pa, pc, pf in zip(fa.people, fc.people, ff.people):
+            has = pc.keypoints[:, 2] > 0
+            np.testing.assert_array_equal(pa.keypoints[:, 2] > 0, has)
+            diff = np.abs(pa.keypoints[has, :2] - pc.keypoints[has, :2])
+            assert diff.max() <= 0.02 * px, diff.max()
+            # The score is the map's maximum: its pixel nearest the sub-pixel peak, at most
+            # sqrt(2)/2 px away (sigma 1).
+            assert np.all(pa.keypoint_scores[has] >= np.exp(-0.25) - 1e-6)
+            assert np.all(pa.keypoint_scores[has] <= 1.0 + 1e-6)
+            assert np.abs(pf.keypoints[has, :2] - pa.keypoints[has, :2]).max() <= 0.05 * px
+            checked += 1
+    assert checked == 25
+
+
 def _two_source_video(root: str) -> tuple[VideoDataset, VideoDataset]:
     """4 frames, labeled 0 and 3; joint 0 far apart in the two, joint 5 only in frame 3."""
     os.makedirs(os.path.join(root, "blend"), exist_ok=True)

@@ -371,6 +371,8 @@ def test_stage2_backbone_target_is_the_frozen_backbones_heatmaps_of_a(data_root)
         ("data.synthetic_preset", "huge", "data.synthetic_preset"),
         ("stage2.target", "labels", "stage2.target"),
         ("pretrain.data", "imagenet", "pretrain.data"),
+        ("input.target_encoding", "rounded", "input.target_encoding"),
+        ("eval.decoding", "softargmax", "eval.decoding"),
     ],
 )
 def test_bad_config_fails_at_start_naming_the_field(tmp_path, field, value, message):

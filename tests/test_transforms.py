@@ -320,3 +320,42 @@ def test_gaussian_targets_weight_zero_cases():
     np.testing.assert_allclose(target[8, 11, 4], np.exp(-9 / 2), rtol=1e-6)
     with pytest.raises(ValueError, match="sigma"):
         T.gaussian_targets(joints, vis, hm, img, -1.0)
+
+
+def test_subpixel_gaussian_targets_direct_formula():
+    """encoding="subpixel": the Gaussian sits on the exact x / stride, window |d| <= 3 sigma,
+    weight 1 where the window holds a heatmap pixel (pixel loop, atol 1e-6)."""
+    rng = np.random.default_rng(7)
+    hm, img = (24, 18), (96, 72)
+    for sigma in (1.0, 1.5, 3.0):
+        joints = rng.uniform(-30, 120, (NUM_JOINTS, 2))
+        vis = rng.random(NUM_JOINTS) < 0.8
+        target, weight = T.gaussian_targets(joints, vis, hm, img, sigma, "subpixel")
+        for j in range(NUM_JOINTS):
+            mx, my = joints[j] / 4
+            ref = np.zeros(hm)
+            for v in range(hm[0]):
+                for u in range(hm[1]):
+                    if abs(u - mx) <= 3 * sigma and abs(v - my) <= 3 * sigma:
+                        ref[v, u] = np.exp(-((u - mx) ** 2 + (v - my) ** 2) / (2 * sigma**2))
+            expect_w = float(vis[j] and ref.any())
+            assert weight[j] == expect_w, (sigma, j)
+            np.testing.assert_allclose(target[..., j], ref * expect_w, atol=1e-6)
+
+
+def test_subpixel_targets_border_and_bad_encoding():
+    hm, img, sigma = (16, 12), (64, 48), 1.0
+    joints = np.array(
+        [
+            [-11.9, 30.0],  # x/4 = -2.975: window reaches u = 0.025 -> column 0 holds a value
+            [-12.1, 30.0],  # x/4 = -3.025: window ends at u = -0.025 -> no pixel
+            [4 * 11 + 11.9, 30.0],  # 2.975 px right of the last column: still one column
+            [20.0, 4 * 15 + 12.5],  # 3.125 px below the last row: nothing
+        ]
+    )
+    target, weight = T.gaussian_targets(joints, np.ones(4), hm, img, sigma, "subpixel")
+    np.testing.assert_array_equal(weight, [1, 0, 1, 0])
+    # row 7 is 0.5 px from y / 4 = 7.5
+    np.testing.assert_allclose(target[7, 0, 0], np.exp(-(2.975**2 + 0.5**2) / 2), rtol=1e-5)
+    with pytest.raises(ValueError, match="encoding"):
+        T.gaussian_targets(joints, np.ones(4), hm, img, sigma, "rounded")

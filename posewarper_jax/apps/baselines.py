@@ -290,7 +290,14 @@ def hrnet_pseudo(
     cfg = dataclasses.replace(pipe_cfg, augment=False, shuffle=False, eval_offsets=(0,))
     batches = pipeline_lib.eval_dataset(labeled, cfg, boxes=dict(people), frames="all")
     rows = predict(
-        model, variables, batches, single_frame_fn(model, 0), mesh=mesh, flip_test=flip_test
+        model,
+        variables,
+        batches,
+        single_frame_fn(model, 0),
+        mesh=mesh,
+        flip_test=flip_test,
+        decoding=cfg.decoding,
+        sigma=cfg.sigma,
     )
     n = len(plan)
     xy = np.zeros((n, NUM_JOINTS, 2), np.float32)

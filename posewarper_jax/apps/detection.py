@@ -95,7 +95,14 @@ def detect_single_frame(
     cfg = _eval_config(pipe_cfg, (0,))
     batches = pipeline_lib.eval_dataset(dataset, cfg, boxes=boxes, frames="labeled", offsets=(0,))
     rows = predict(
-        model, variables, batches, single_frame_fn(model, 0), mesh=mesh, flip_test=flip_test
+        model,
+        variables,
+        batches,
+        single_frame_fn(model, 0),
+        mesh=mesh,
+        flip_test=flip_test,
+        decoding=cfg.decoding,
+        sigma=cfg.sigma,
     )
     return to_predictions(rows, dataset, scoring=scoring, nms=_use_nms(nms, boxes))
 
@@ -161,5 +168,14 @@ def detect_aggregated(
     cfg = _eval_config(pipe_cfg, window)
     batches = pipeline_lib.eval_dataset(dataset, cfg, boxes=boxes, frames="labeled", offsets=window)
     fn = aggregation_fn(model, weights, window.index(0))
-    rows = predict(model, variables, batches, fn, mesh=mesh, flip_test=flip_test)
+    rows = predict(
+        model,
+        variables,
+        batches,
+        fn,
+        mesh=mesh,
+        flip_test=flip_test,
+        decoding=cfg.decoding,
+        sigma=cfg.sigma,
+    )
     return to_predictions(rows, dataset, scoring=scoring, nms=_use_nms(nms, boxes))

@@ -3,7 +3,8 @@
 Every application runs the same loop (``predict``): for each batch of
 ``pipeline.eval_dataset``, a heatmap function ``fn(variables, batch) -> [B, h, w, J]`` runs
 under one ``jax.jit`` with the batch sharded over the ``data`` mesh axis; the heatmaps are
-decoded (``ops.heatmaps.decode_heatmaps``: argmax + quarter-pixel step) and mapped back
+decoded (``ops.heatmaps.decode_heatmaps``: HRNet's argmax + quarter-pixel step, or the
+sub-pixel "dark" decoding) and mapped back
 through each row's crop (``center``, ``scale``) to image pixels on the device, and only the
 decoded ``[B, J, 2]`` / ``[B, J]`` arrays come back to the host, in one transfer per batch.
 Rows whose ``mask`` is False (padding, bad centre frames) are dropped. ``to_predictions``
@@ -35,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from posewarper_jax.data.types import FLIP_PAIRS, NUM_JOINTS, VideoDataset
 from posewarper_jax.ops.heatmaps import (
+    DECODINGS,
     average_flip,
     decode_heatmaps,
     flip_back,
@@ -46,6 +48,7 @@ __all__ = [
     "HeatmapFn",
     "aggregation_fn",
     "flip_batch",
+    "flip_shift",
     "iter_predict",
     "predict",
     "single_frame_fn",
@@ -126,16 +129,19 @@ def aggregation_fn(
 
 
 def flip_batch(
-    batch: Mapping[str, jax.Array], flip_pairs: Sequence[tuple[int, int]] = FLIP_PAIRS
+    batch: Mapping[str, jax.Array],
+    flip_pairs: Sequence[tuple[int, int]] = FLIP_PAIRS,
+    shift: bool | float = True,
 ) -> dict[str, jax.Array]:
     """The batch of horizontally mirrored crops, for the flip test.
 
     * ``image`` ``[B, T, H, W, 3]``: the width axis reversed.
     * ``target`` ``[B, h, w, J]`` (if present): ``flip_back`` (width reversed, pairs swapped,
-      one-pixel shift). This places each Gaussian within a quarter heatmap pixel of where the
-      mirrored crop has the joint (crop x → W - 1 - x is heatmap u → w - 1/4 - u; the shifted
-      reversal gives w - u), and ``flip_back`` of the output undoes it exactly (apart from
-      column 0), so maps carried by ``fn`` (propagation) come back where they were.
+      ``shift``). With the one-pixel shift this places each Gaussian within a quarter heatmap
+      pixel of where the mirrored crop has the joint (crop x → W - 1 - x is heatmap
+      u → w - 1/4 - u; the shifted reversal gives w - u), and ``flip_back`` of the output
+      undoes it exactly (apart from column 0), so maps carried by ``fn`` (propagation) come
+      back where they were; the fractional shift ``1 - 1/stride`` places it exactly.
     * ``target_weight`` ``[B, J]`` (if present): pairs swapped.
     * Everything else (``frame_valid``, ``center``, ``scale``, ...) unchanged: the crop box
       is the same, only its content is mirrored.
@@ -143,7 +149,7 @@ def flip_batch(
     out = dict(batch)
     out["image"] = batch["image"][:, :, :, ::-1, :]
     if "target" in batch:
-        out["target"] = flip_back(batch["target"], flip_pairs, shift=True)
+        out["target"] = flip_back(batch["target"], flip_pairs, shift=shift)
     if "target_weight" in batch:
         j = batch["target_weight"].shape[-1]
         perm = list(range(j))
@@ -156,11 +162,26 @@ def flip_batch(
 # ----------------------------------------------------------------------------- predict
 
 
+def flip_shift(decoding: str, image_width: int, heatmap_width: int) -> bool | float:
+    """The flip test's realignment (``ops.heatmaps.flip_back``): HRNet's one pixel with the
+    quarter-pixel decoding, the exact ``1 - 1/stride`` with the sub-pixel "dark" one."""
+    if decoding == "quarter":
+        return True
+    return 1.0 - heatmap_width / image_width
+
+
 @functools.lru_cache(maxsize=64)
-def _compiled_step(fn: HeatmapFn, flip_pairs: tuple | None, sharding: NamedSharding):
+def _compiled_step(
+    fn: HeatmapFn,
+    flip_pairs: tuple | None,
+    sharding: NamedSharding,
+    decoding: str = "quarter",
+    sigma: float | None = None,
+):
     """``jit(variables, batch) -> (xy float32 [B, J, 2] image px, maxvals float32 [B, J])``.
 
-    Cached per (fn, flip setting, sharding) so repeated calls reuse the compiled program.
+    Cached per (fn, flip setting, sharding, decoding) so repeated calls reuse the compiled
+    program.
     """
 
     def step(variables, batch):
@@ -171,8 +192,10 @@ def _compiled_step(fn: HeatmapFn, flip_pairs: tuple | None, sharding: NamedShard
                 f"the heatmap function must return [B={b}, h, w, J], got shape {hm.shape}"
             )
         if flip_pairs is not None:
-            hm = average_flip(hm, fn(variables, flip_batch(batch, flip_pairs)), flip_pairs)
-        coords, maxvals = decode_heatmaps(hm.astype(jnp.float32))  # [B, J, 2], [B, J]
+            shift = flip_shift(decoding, batch["image"].shape[3], hm.shape[2])
+            flipped = fn(variables, flip_batch(batch, flip_pairs, shift))
+            hm = average_flip(hm, flipped, flip_pairs, shift=shift)
+        coords, maxvals = decode_heatmaps(hm.astype(jnp.float32), method=decoding, sigma=sigma)
         xy = heatmap_to_image_coords(coords, batch["center"], batch["scale"], hm.shape[1:3])
         return xy.astype(jnp.float32), maxvals.astype(jnp.float32)
 
@@ -214,6 +237,8 @@ def iter_predict(
     flip_test: bool = False,
     flip_pairs: Sequence[tuple[int, int]] = FLIP_PAIRS,
     keys: Sequence[str] = DEFAULT_KEYS,
+    decoding: str = "quarter",
+    sigma: float | None = None,
 ) -> Iterator[dict]:
     """``predict`` as a generator of rows (same arguments), batch by batch.
 
@@ -232,7 +257,9 @@ def iter_predict(
 
     sharding = NamedSharding(mesh, PartitionSpec("data"))
     pairs = tuple((int(a), int(b)) for a, b in flip_pairs) if flip_test else None
-    step = _compiled_step(fn, pairs, sharding)
+    if decoding not in DECODINGS:
+        raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
+    step = _compiled_step(fn, pairs, sharding, decoding, None if sigma is None else float(sigma))
     variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
     device_keys = tuple(dict.fromkeys((*keys, *_ALWAYS)))
     num_shards = mesh.shape["data"]
@@ -268,6 +295,8 @@ def predict(
     flip_test: bool = False,
     flip_pairs: Sequence[tuple[int, int]] = FLIP_PAIRS,
     keys: Sequence[str] = DEFAULT_KEYS,
+    decoding: str = "quarter",
+    sigma: float | None = None,
 ) -> list[dict]:
     """Runs a heatmap function over evaluation batches and decodes every real row.
 
@@ -285,6 +314,9 @@ def predict(
       flip_pairs: left/right joint pairs of the flip test.
       keys: batch fields ``fn`` reads (sent to the devices, sharded on the batch axis), e.g.
         add ``"target"`` for propagation; ``center`` and ``scale`` are always sent.
+      decoding: "quarter" (HRNet) or "dark" (``ops.heatmaps.decode_heatmaps``); with "dark"
+        the flip test realigns the mirrored maps exactly (``flip_shift``).
+      sigma: the targets' σ in heatmap pixels (the smoothing of "dark").
 
     Returns:
       One dict per row with ``mask`` True, in batch order: ``video``, ``frame``, ``person``,
@@ -306,6 +338,8 @@ def predict(
             flip_test=flip_test,
             flip_pairs=flip_pairs,
             keys=keys,
+            decoding=decoding,
+            sigma=sigma,
         )
     )
 

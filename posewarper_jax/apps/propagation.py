@@ -27,7 +27,8 @@ PoseWarper propagation (``propagate_labels``): per planned person, A's ground-tr
 that track are mapped into the crop (B's box, enlarged by ``box_padding`` and widened to the
 crop's aspect ratio), rendered as Gaussian heatmaps (``transforms.gaussian_targets``, σ of the
 pipeline config) and warped onto B by ``PoseWarper.propagate`` (ψ = f_B − f_A). The warped maps
-are decoded (argmax + quarter-pixel step) and mapped back to B's image pixels. Joint score =
+are decoded (``pipe_cfg.decoding``: HRNet's quarter-pixel step or the sub-pixel "dark") and
+mapped back to B's image pixels; the Gaussians follow ``pipe_cfg.target_encoding``. Joint score =
 warped heatmap maximum × presence (1 if the joint is labeled in a source and its Gaussian lies
 on the heatmap, else 0: such joints stay unlabeled, score 0); person score 1.
 
@@ -494,7 +495,7 @@ class _PairSource:
                 labeled = kpts[:, 2] > 0
                 xy = np.where(labeled[:, None], transforms.affine_points(kpts[:, :2], m), 0.0)
                 ex["target"][k], ex["target_weight"][k] = transforms.gaussian_targets(
-                    xy, labeled, cfg.heatmap_size, cfg.image_size, cfg.sigma
+                    xy, labeled, cfg.heatmap_size, cfg.image_size, cfg.sigma, cfg.target_encoding
                 )
                 ex["image"][1 + k] = self._crop(v, a, m, f"{record}, source frame {a}")
                 ex["frame_valid"][1 + k] = True
@@ -661,6 +662,8 @@ def propagate_plan(
             mesh=mesh,
             flip_test=flip_test,
             keys=_DEVICE_KEYS,
+            decoding=cfg.decoding,
+            sigma=cfg.sigma,
         )
         for row in rows:
             g = int(row["person"])

@@ -116,6 +116,11 @@ class PipelineConfig:
     sigma: target Gaussian σ in heatmap pixels. HRNet uses 2 at 64×48 heatmaps and 3 at 96×72
       (σ ≈ heatmap height / 32); the default 1.0 follows that rule for 32×24 heatmaps.
       Set 3.0 with image_size (384, 288).
+    target_encoding: "integer" (HRNet: each Gaussian centred on the rounded heatmap pixel) or
+      "subpixel" (centred on the joint's exact position), ``transforms.gaussian_targets``;
+      it shapes the training targets and the maps that propagation warps.
+    decoding: "quarter" (HRNet's argmax + quarter-pixel step) or "dark" (sub-pixel maximum of
+      the smoothed log-heatmap), ``ops.heatmaps.decode_heatmaps``; used by every evaluation.
     support_range: R, the supporting frame B is drawn from [t_A - R, t_A + R].
     augment: apply ``aug`` to training examples (evaluation never augments).
     aug: augmentation probabilities and factors.
@@ -137,6 +142,8 @@ class PipelineConfig:
     image_size: tuple[int, int] = (128, 96)
     heatmap_stride: int = 4
     sigma: float = 1.0
+    target_encoding: str = "integer"
+    decoding: str = "quarter"
     support_range: int = 2
     augment: bool = True
     aug: transforms.AugmentConfig = dataclasses.field(default_factory=transforms.AugmentConfig)
@@ -168,6 +175,12 @@ class PipelineConfig:
             bad("image_size", self.image_size, f"must be divisible by {self.heatmap_stride}")
         if not (isinstance(self.sigma, int | float) and self.sigma > 0):
             bad("sigma", self.sigma, "must be > 0")
+        if self.target_encoding not in transforms.TARGET_ENCODINGS:
+            bad("target_encoding", self.target_encoding, f"one of {transforms.TARGET_ENCODINGS}")
+        from posewarper_jax.ops.heatmaps import DECODINGS  # the main process has JAX
+
+        if self.decoding not in DECODINGS:
+            bad("decoding", self.decoding, f"must be one of {DECODINGS}")
         if self.support_range < 0:
             bad("support_range", self.support_range, "must be >= 0")
         if not isinstance(self.aug, transforms.AugmentConfig):
@@ -382,7 +395,7 @@ def _crop_joints(
         xy, labeled = transforms.swap_left_right(xy), transforms.swap_left_right(labeled)
     xy = np.where(labeled[:, None], xy, 0.0)
     target, weight = transforms.gaussian_targets(
-        xy, labeled, cfg.heatmap_size, cfg.image_size, cfg.sigma
+        xy, labeled, cfg.heatmap_size, cfg.image_size, cfg.sigma, cfg.target_encoding
     )
     joints = np.concatenate([xy, labeled[:, None]], axis=1).astype(np.float32)
     return joints, target, weight

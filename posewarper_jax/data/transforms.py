@@ -22,6 +22,9 @@ from posewarper_jax.data.types import FLIP_PAIRS, LOWER_BODY_JOINTS, UPPER_BODY_
 
 PIXEL_STD = 200.0
 BOX_PADDING = 1.25
+# Where a joint's Gaussian is centred (``gaussian_targets``): HRNet's rounded heatmap pixel,
+# or the exact sub-pixel position.
+TARGET_ENCODINGS = ("integer", "subpixel")
 
 
 # ----------------------------------------------------------------------------- boxes
@@ -326,11 +329,16 @@ def gaussian_targets(
     heatmap_size: tuple[int, int],
     image_size: tuple[int, int],
     sigma: float,
+    encoding: str = "integer",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """HRNet's 'gaussian' training targets.
+    """HRNet's 'gaussian' training targets, or their sub-pixel form.
 
-    Joint j at crop pixel (x, y) is moved to heatmap pixel ``mu = floor(x / stride_x + 0.5)``
-    (likewise y; stride = image size / heatmap size per axis). Its map is the unnormalised
+    With ``encoding="integer"`` (HRNet) joint j at crop pixel (x, y) is moved to heatmap pixel
+    ``mu = floor(x / stride_x + 0.5)`` (likewise y; stride = image size / heatmap size per
+    axis); with ``encoding="subpixel"`` (the unbiased encoding of DARK, Zhang et al., CVPR
+    2020) ``mu = x / stride_x`` exactly, so the map keeps the joint's sub-pixel position
+    (rounding moves a joint by up to half a heatmap pixel, a large error on small heatmaps:
+    at 32x24 a heatmap pixel is about half a head). Its map is the unnormalised
     Gaussian ``exp(-((u - mu_x)^2 + (v - mu_y)^2) / (2 sigma^2))`` (peak exactly 1) on the
     square window ``|u - mu_x| <= 3 sigma, |v - mu_y| <= 3 sigma`` and 0 elsewhere. For
     integer 3·sigma this is exactly HRNet's ``generate_target``.
@@ -347,6 +355,7 @@ def gaussian_targets(
       heatmap_size: ``(h, w)``.
       image_size: crop ``(H, W)``.
       sigma: Gaussian standard deviation in heatmap pixels, > 0.
+      encoding: "integer" or "subpixel" (see above).
 
     Returns:
       target: float32 ``[h, w, J]`` (NHWC, joints last).
@@ -354,6 +363,8 @@ def gaussian_targets(
     """
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
+    if encoding not in TARGET_ENCODINGS:
+        raise ValueError(f"encoding must be one of {TARGET_ENCODINGS}, got {encoding!r}")
     xy = np.asarray(joints_xy, dtype=np.float64).reshape(-1, 2)
     vis = np.asarray(joints_vis).reshape(-1)
     if vis.shape[0] != xy.shape[0]:
@@ -361,11 +372,17 @@ def gaussian_targets(
     h, w = heatmap_size
     stride = np.array([image_size[1] / w, image_size[0] / h])  # (x, y)
     finite = np.all(np.isfinite(xy), axis=1)
-    mu = np.floor(np.where(finite[:, None], xy, -1e9) / stride + 0.5)  # [J, 2] (x, y)
+    mu = np.where(finite[:, None], xy, -1e9) / stride  # [J, 2] (x, y)
     radius = 3.0 * sigma
-    r = np.floor(radius)
-    inside = (mu[:, 0] + r >= 0) & (mu[:, 0] - r <= w - 1) & (mu[:, 1] + r >= 0)
-    inside &= mu[:, 1] - r <= h - 1
+    if encoding == "integer":
+        mu = np.floor(mu + 0.5)
+        r = np.floor(radius)
+        inside = (mu[:, 0] + r >= 0) & (mu[:, 0] - r <= w - 1) & (mu[:, 1] + r >= 0)
+        inside &= mu[:, 1] - r <= h - 1
+    else:  # the window [mu - radius, mu + radius] holds a pixel on both axes
+        lo, hi = np.ceil(mu - radius), np.floor(mu + radius)
+        inside = (hi[:, 0] >= np.maximum(lo[:, 0], 0)) & (lo[:, 0] <= w - 1)
+        inside &= (hi[:, 1] >= np.maximum(lo[:, 1], 0)) & (lo[:, 1] <= h - 1)
     weight = ((vis > 0) & finite & inside).astype(np.float32)
     dx = np.arange(w)[:, None] - mu[None, :, 0]  # [w, J]
     dy = np.arange(h)[:, None] - mu[None, :, 1]  # [h, J]
