@@ -6,12 +6,14 @@ moving 2 px per frame on textured frames, labels kept on frames 0, 4 and 9.
 
 from __future__ import annotations
 
+import copy
+
 import jax
 import numpy as np
 import pytest
 from test_propagation import PIPE, full_and_labeled, keep_labels, tiny_model
 
-from posewarper_jax.apps import diagnostics, propagation
+from posewarper_jax.apps import baselines, diagnostics, propagation
 from posewarper_jax.eval import posetrack_map
 
 
@@ -138,3 +140,36 @@ def test_identity_kernels_resets_kernels_only(model_and_variables):
     )
     with pytest.raises(ValueError, match="deform_conv"):
         diagnostics.identity_kernels({"params": {"head": {}}})
+
+
+def test_motion_recovered_known_answers(video):
+    """Copying A's labels recovers none of the motion (slope 0, error = the motion); a
+    prediction halfway from A to B's ground truth recovers half (slope 0.5); B's own ground
+    truth all of it (slope 1, error 0). The test people move 2 px per frame in x."""
+    full, labeled = video
+    plan = propagation.plan_propagation(labeled, boxes=full, reach=3)
+    copied = baselines.copy_nearest(labeled, plan=plan)
+    half = copy.deepcopy(copied)
+    truth = {(f.index, q.track_id): q for f in full.videos[0].frames for q in f.people}
+    for frame in half.videos[0].frames:
+        for q in frame.people:
+            g = truth[(frame.index, q.track_id)]
+            q.keypoints[:, :2] = 0.5 * (q.keypoints[:, :2] + g.keypoints[:, :2])
+    own = copy.deepcopy(half)
+    for frame in own.videos[0].frames:
+        for q in frame.people:
+            q.keypoints[:, :2] = truth[(frame.index, q.track_id)].keypoints[:, :2]
+    r_copy = diagnostics.motion_recovered(copied, plan, full)
+    r_half = diagnostics.motion_recovered(half, plan, full)
+    r_own = diagnostics.motion_recovered(own, plan, full)
+    assert r_copy["joints"] == r_half["joints"] == r_own["joints"] > 0
+    assert r_copy["slope"] == pytest.approx(0.0, abs=1e-9)
+    assert r_half["slope"] == pytest.approx(0.5, abs=1e-6)
+    assert r_own["slope"] == pytest.approx(1.0, abs=1e-9) and r_own["error"] == pytest.approx(0)
+    # Head boxes are 30 x 30: head size 0.6 * 30 * sqrt(2); A is |δ| frames of 2 px behind.
+    sizes = 2.0 * np.abs(plan.delta[:, 0]) / (0.6 * 30 * np.sqrt(2))
+    assert np.min(sizes) - 1e-6 <= r_copy["error"] <= np.max(sizes) + 1e-6
+    nothing = diagnostics.motion_recovered(
+        copied, propagation.keep_rows(plan, plan.frame < 0), full
+    )
+    assert nothing["joints"] == 0 and np.isnan(nothing["slope"])

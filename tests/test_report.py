@@ -185,6 +185,7 @@ def test_report_from_the_run_config(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert f"HRNet backbone `{config.model.backbone}`" in md
     assert f"capped at {config.stage2.max_steps} steps" in md
+    assert "- Heatmaps: σ = 1.0, `subpixel` targets, `dark` decoding" in md
     # runlocal pre-trains HRNet (a step count, no epochs); converted weights replace that.
     assert "HRNet pre-trained on `synthetic` data before stage 1" in md
     assert f"- pretrain: {config.pretrain.max_steps} steps, batch" in md

@@ -201,6 +201,9 @@ def test_main_job_evaluates_and_writes_every_row_of_the_report(data_root, tmp_pa
         report["propagation"]["posewarper"]["Total"], abs=1e-9
     )
     assert diag["heatmap_ceiling"]["Total"] >= diag["identity_warp"]["Total"]
+    recovered = diag["by_delta"]["1"]["motion_recovered"]
+    assert set(recovered) == {"posewarper", "farneback"}
+    assert all(r["joints"] > 0 for r in recovered.values())
     missing = subprocess.run(
         cmd[:4] + [f"--workdir={tmp_path / 'empty'}"], env=_env(), capture_output=True, text=True
     )

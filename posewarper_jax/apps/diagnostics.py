@@ -17,7 +17,10 @@ written to ``WORKDIR/diagnostics.json``:
   the identity: the learned motion alone, without the kernels' mixing of joint channels.
 * ``posewarper_flip``: the trained head with flip test (mean of the pair and its mirror).
 * ``by_delta``: ``posewarper`` and ``farneback`` on the frames whose nearest label is |δ| away,
-  for each |δ| (scored against the held-back frames at that distance only).
+  for each |δ| (scored against the held-back frames at that distance only), and for both
+  ``motion_recovered``: how much of each joint's true motion from A to B the method carries
+  (slope 1 follows the motion, 0 copies A's label). PoseWarper uses the config's flip test
+  there, as the report does.
 
 Nothing is trained: a stage without ``done.json`` is an error.
 """
@@ -42,6 +45,7 @@ __all__ = [
     "ceiling_plan",
     "frames_at_delta",
     "identity_kernels",
+    "motion_recovered",
     "run_diagnostics",
 ]
 
@@ -114,6 +118,48 @@ def frames_at_delta(
     return keep, dataclasses.replace(held_back, videos=videos)
 
 
+def motion_recovered(
+    pred: VideoDataset, plan: propagation.PropagationPlan, boxes: VideoDataset
+) -> dict[str, float]:
+    """How much of the true motion a propagation carries each joint.
+
+    For every planned person and joint labeled in its source A, in the ground truth of B
+    (``boxes``, the data set the plan was made with) and predicted, with head size s of B:
+    m = (B's joint − A's joint) / s and p = (predicted − A's joint) / s. Returns
+    ``{"slope": Σ p·m / Σ m·m, "error": median |p − m|, "joints": n}``: slope 1 follows the
+    motion, 0 stays on A's label (copying); NaN where nothing moved.
+    """
+    names = {v.name: i for i, v in enumerate(boxes.videos)}
+    predicted = {
+        (v.name, f.index, q.track_id): q for v in pred.videos for f in v.frames for q in f.people
+    }
+    true, got = [], []
+    for g in range(len(plan)):
+        name, frame = plan.video_names[int(plan.video[g])], int(plan.frame[g])
+        q = predicted.get((name, frame, int(plan.track_id[g])))
+        if q is None or plan.source_frame[g, 0] < 0 or name not in names:
+            continue
+        b = boxes.videos[names[name]].frames[frame].people[int(plan.person[g])]
+        if b.head_bbox is None:
+            continue
+        size = 0.6 * float(np.hypot(b.head_bbox[2], b.head_bbox[3]))
+        a = plan.source_keypoints[g, 0]
+        ok = (a[:, 2] > 0) & (b.keypoints[:, 2] > 0) & (q.keypoints[:, 2] > 0)
+        if size <= 0 or not ok.any():
+            continue
+        true.append((b.keypoints[ok, :2] - a[ok, :2]) / size)
+        got.append((q.keypoints[ok, :2] - a[ok, :2]) / size)
+    if not true:
+        return {"slope": float("nan"), "error": float("nan"), "joints": 0}
+    m, p = np.concatenate(true).astype(np.float64), np.concatenate(got).astype(np.float64)
+    norm = float((m * m).sum())
+    return {
+        "slope": float((p * m).sum() / norm) if norm > 0 else float("nan"),
+        "error": float(np.median(np.linalg.norm(p - m, axis=1))),
+        "joints": int(len(m)),
+    }
+
+
 def run_diagnostics(
     model,
     initial: Mapping[str, Any],
@@ -125,10 +171,13 @@ def run_diagnostics(
     seed: int,
     pipe_cfg,
     mesh=None,
+    flip_test: bool = False,
     log=print,
 ) -> dict[str, Any]:
     """All rows of the module docstring; returns ``{name: mAP table}`` plus ``by_delta``
-    (``{str(|δ|): {"posewarper": table, "farneback": table, "people": n}}``)."""
+    (``{str(|δ|): {"posewarper": table, "farneback": table, "people": n,
+    "motion_recovered": {"posewarper": ..., "farneback": ...}}}``, see
+    ``motion_recovered``); ``flip_test`` is PoseWarper's setting in ``by_delta``."""
     from posewarper_jax.data import sparse
 
     labeled, held = sparse.make_sparse_subset(val, every_k=every_k, seed=seed)
@@ -160,9 +209,18 @@ def run_diagnostics(
             continue
         sub = propagation.keep_rows(plan, keep)
         entry = {"people": int(keep.sum())}
-        entry["posewarper"] = row(f"posewarper |δ|={delta}", prop(trained, sub), gt)
+        pw = prop(trained, sub, flip_test=flip_test)
+        entry["posewarper"] = row(f"posewarper |δ|={delta}", pw, gt)
         fb = propagation.select_videos(baselines.farneback(labeled, plan=sub), held)
         entry["farneback"] = row(f"farneback |δ|={delta}", fb, gt)
+        entry["motion_recovered"] = {
+            name: motion_recovered(pred, sub, val)
+            for name, pred in (("posewarper", pw), ("farneback", fb))
+        }
+        log(
+            f"motion recovered |δ|={delta}: "
+            + ", ".join(f"{k} {v['slope']:.2f}" for k, v in entry["motion_recovered"].items())
+        )
         out["by_delta"][str(delta)] = entry
     return out
 
@@ -202,6 +260,7 @@ def _main(argv):  # pragma: no cover - exercised through the CLI
         seed=int(config.sparse.seed),
         pipe_cfg=experiment.pipeline_config(config, "eval"),
         mesh=mesh,
+        flip_test=bool(config.eval.flip_test),
     )
     if jax.process_index() == 0:
         path = os.path.join(workdir, "diagnostics.json")

@@ -322,6 +322,12 @@ def _run_lines(config: Mapping, device: str | None) -> list[str]:
     size = _get(config, "input.image_size")
     if size is not None:
         lines.append(f"- Input crops: {size[0]} x {size[1]} (H x W)")
+    encoding, decoding = _get(config, "input.target_encoding"), _get(config, "eval.decoding")
+    if encoding is not None or decoding is not None:
+        lines.append(
+            f"- Heatmaps: σ = {_get(config, 'input.sigma')}, `{encoding or 'integer'}` targets, "
+            f"`{decoding or 'quarter'}` decoding"
+        )
     pretrained = _get(config, "model.pretrained")
     pretrain = _get(config, "pretrain.data")
     if pretrained:

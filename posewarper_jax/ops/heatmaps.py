@@ -126,7 +126,8 @@ def _gaussian_modulation(heatmaps: jnp.ndarray, sigma: float) -> jnp.ndarray:
     hm = heatmaps.astype(jnp.float32)
     r = max(1, math.ceil(3.0 * sigma))
     taps = [math.exp(-(t * t) / (2.0 * sigma * sigma)) for t in range(-r, r + 1)]
-    taps = [t / sum(taps) for t in taps]
+    total = sum(taps)
+    taps = [t / total for t in taps]
     pad = [(0, 0)] * (hm.ndim - 3)
     h, w = hm.shape[-3], hm.shape[-2]
     p = jnp.pad(hm, [*pad, (r, r), (0, 0), (0, 0)])
