@@ -9,9 +9,9 @@ frame's labels of the training videos (the rest are held back), pre-trains a sma
 stills (the paper's COCO initialisation, made here), fine-tunes it on the labeled frames
 (stage 1), trains the warping head with the backbone frozen (stage 2), then evaluates
 propagation, detection and pseudo-label augmentation and writes ``report.md``. On 2 CPU cores
-it took 17 min 5 s and reached (poseval mAP Total, %): propagation PoseWarper 76.0, copy
-nearest 63.6, Farneback 81.1, HRNet pseudo labels 37.2; detection HRNet 38.3, PoseWarper
-aggregation 40.9, HRNet with pseudo labels 38.9. ``python -m posewarper_jax.apps.diagnostics``
+it took 15 min 22 s and reached (poseval mAP Total, %): propagation PoseWarper 81.9, copy
+nearest 63.6, Farneback 81.1, HRNet pseudo labels 42.4; detection HRNet 43.9, PoseWarper
+aggregation 47.1, HRNet with pseudo labels 44.5. ``python -m posewarper_jax.apps.diagnostics``
 (same flags) breaks the propagation result down.
 
 Variants (``configs/sparse.py:key=value,...``):

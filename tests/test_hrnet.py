@@ -15,8 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-from torch import nn as tnn
 
 from posewarper_jax.models.hrnet import (
     HRNET_VARIANTS,
@@ -31,6 +29,11 @@ from posewarper_jax.models.hrnet import (
     torch_key_to_flax_path,
     variables_from_torch_state_dict,
 )
+
+# The reference below is written in torch: without it (it is optional, see the README) this
+# module is skipped as a whole.
+torch = pytest.importorskip("torch")
+tnn = torch.nn
 
 TINY = get_hrnet_config("tiny")
 
