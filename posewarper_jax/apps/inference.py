@@ -4,9 +4,9 @@ Every application runs the same loop (``predict``): for each batch of
 ``pipeline.eval_dataset``, a heatmap function ``fn(variables, batch) -> [B, h, w, J]`` runs
 under one ``jax.jit`` with the batch sharded over the ``data`` mesh axis; the heatmaps are
 decoded (``ops.heatmaps.decode_heatmaps``: HRNet's argmax + quarter-pixel step, or the
-sub-pixel "dark" decoding) and mapped back
-through each row's crop (``center``, ``scale``) to image pixels on the device, and only the
-decoded ``[B, J, 2]`` / ``[B, J]`` arrays come back to the host, in one transfer per batch.
+sub-pixel "dark" decoding) and mapped back through each row's crop (``center``, ``scale``)
+to image pixels on the device, and only the decoded ``[B, J, 2]`` / ``[B, J]`` arrays come
+back to the host, in one transfer per batch.
 Rows whose ``mask`` is False (padding, bad centre frames) are dropped. ``to_predictions``
 turns the rows into a prediction ``VideoDataset`` that ``eval.posetrack_map`` scores.
 

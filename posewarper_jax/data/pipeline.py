@@ -175,8 +175,9 @@ class PipelineConfig:
             bad("image_size", self.image_size, f"must be divisible by {self.heatmap_stride}")
         if not (isinstance(self.sigma, int | float) and self.sigma > 0):
             bad("sigma", self.sigma, "must be > 0")
-        if self.target_encoding not in transforms.TARGET_ENCODINGS:
-            bad("target_encoding", self.target_encoding, f"one of {transforms.TARGET_ENCODINGS}")
+        encodings = transforms.TARGET_ENCODINGS
+        if self.target_encoding not in encodings:
+            bad("target_encoding", self.target_encoding, f"must be one of {encodings}")
         from posewarper_jax.ops.heatmaps import DECODINGS  # the main process has JAX
 
         if self.decoding not in DECODINGS:

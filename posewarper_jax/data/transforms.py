@@ -339,9 +339,10 @@ def gaussian_targets(
     2020) ``mu = x / stride_x`` exactly, so the map keeps the joint's sub-pixel position
     (rounding moves a joint by up to half a heatmap pixel, a large error on small heatmaps:
     at 32x24 a heatmap pixel is about half a head). Its map is the unnormalised
-    Gaussian ``exp(-((u - mu_x)^2 + (v - mu_y)^2) / (2 sigma^2))`` (peak exactly 1) on the
-    square window ``|u - mu_x| <= 3 sigma, |v - mu_y| <= 3 sigma`` and 0 elsewhere. For
-    integer 3·sigma this is exactly HRNet's ``generate_target``.
+    Gaussian ``exp(-((u - mu_x)^2 + (v - mu_y)^2) / (2 sigma^2))`` (peak 1 at mu, so exactly
+    1 on the pixel grid only for "integer") on the square window ``|u - mu_x| <= 3 sigma,
+    |v - mu_y| <= 3 sigma`` and 0 elsewhere. For integer 3·sigma and "integer" this is
+    exactly HRNet's ``generate_target``.
 
     The weight is 0 for an unlabeled joint (``joints_vis <= 0``) and for a joint whose window
     holds no heatmap pixel (its map is then all zeros); 1 otherwise. (HRNet keeps weight 1
