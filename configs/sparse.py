@@ -93,7 +93,7 @@ def get_config(arg=None):
     c.input.image_size = (128, 96)  # (H, W) crop
     c.input.sigma = 1.0  # Gaussian sigma in heatmap pixels (3 at 96x72 heatmaps)
     # Targets centred on each joint's exact sub-pixel position ("subpixel") or on the rounded
-    # heatmap pixel as HRNet ("integer"). At 32x24 heatmaps one pixel is about half a head,
+    # heatmap pixel as HRNet ("integer"). At 32x24 heatmaps one pixel is about 0.4 heads,
     # so rounding (and the quarter-pixel decoding, eval.decoding) costs real accuracy.
     c.input.target_encoding = "subpixel"
     c.input.support_range = 2  # B drawn from [t_A - R, t_A + R]

@@ -338,7 +338,7 @@ def gaussian_targets(
     axis); with ``encoding="subpixel"`` (the unbiased encoding of DARK, Zhang et al., CVPR
     2020) ``mu = x / stride_x`` exactly, so the map keeps the joint's sub-pixel position
     (rounding moves a joint by up to half a heatmap pixel, a large error on small heatmaps:
-    at 32x24 a heatmap pixel is about half a head). Its map is the unnormalised
+    at 32x24 a heatmap pixel is about 0.4 head sizes). Its map is the unnormalised
     Gaussian ``exp(-((u - mu_x)^2 + (v - mu_y)^2) / (2 sigma^2))`` (peak 1 at mu, so exactly
     1 on the pixel grid only for "integer") on the square window ``|u - mu_x| <= 3 sigma,
     |v - mu_y| <= 3 sigma`` and 0 elsewhere. For integer 3·sigma and "integer" this is
