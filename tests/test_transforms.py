@@ -262,27 +262,31 @@ def test_augment_config_validation():
 # ----------------------------------------------------------------------------- targets
 
 
-def test_gaussian_targets_direct_formula():
+@pytest.mark.parametrize("encoding", ["integer", "subpixel"])
+def test_gaussian_targets_direct_formula(encoding):
+    """Pixel loop: the Gaussian on the rounded ("integer") or exact ("subpixel") x / stride,
+    window |d| <= 3 sigma, weight 1 where the window holds a heatmap pixel (atol 1e-6)."""
     rng = np.random.default_rng(3)
     hm, img = (24, 18), (96, 72)
     for sigma in (1.0, 1.5, 2.0, 3.0):
-        joints = rng.uniform(-20, 110, (NUM_JOINTS, 2))
+        joints = rng.uniform(-30, 120, (NUM_JOINTS, 2))
         vis = rng.random(NUM_JOINTS) < 0.8
-        target, weight = T.gaussian_targets(joints, vis, hm, img, sigma)
+        target, weight = T.gaussian_targets(joints, vis, hm, img, sigma, encoding)
         assert target.shape == (24, 18, NUM_JOINTS) and target.dtype == np.float32
         assert weight.shape == (NUM_JOINTS,) and weight.dtype == np.float32
         for j in range(NUM_JOINTS):
-            mx = np.floor(joints[j, 0] / 4 + 0.5)
-            my = np.floor(joints[j, 1] / 4 + 0.5)
+            mx, my = joints[j] / 4
+            if encoding == "integer":
+                mx, my = np.floor(mx + 0.5), np.floor(my + 0.5)
             ref = np.zeros(hm)
             for v in range(hm[0]):
                 for u in range(hm[1]):
                     if abs(u - mx) <= 3 * sigma and abs(v - my) <= 3 * sigma:
                         ref[v, u] = np.exp(-((u - mx) ** 2 + (v - my) ** 2) / (2 * sigma**2))
             expect_w = float(vis[j] and ref.any())
-            assert weight[j] == expect_w
+            assert weight[j] == expect_w, (sigma, j)
             np.testing.assert_allclose(target[..., j], ref * expect_w, atol=1e-6)
-            if expect_w and 0 <= mx < hm[1] and 0 <= my < hm[0]:
+            if encoding == "integer" and expect_w and 0 <= mx < hm[1] and 0 <= my < hm[0]:
                 assert target[int(my), int(mx), j] == pytest.approx(1.0)
 
 
@@ -320,27 +324,6 @@ def test_gaussian_targets_weight_zero_cases():
     np.testing.assert_allclose(target[8, 11, 4], np.exp(-9 / 2), rtol=1e-6)
     with pytest.raises(ValueError, match="sigma"):
         T.gaussian_targets(joints, vis, hm, img, -1.0)
-
-
-def test_subpixel_gaussian_targets_direct_formula():
-    """encoding="subpixel": the Gaussian sits on the exact x / stride, window |d| <= 3 sigma,
-    weight 1 where the window holds a heatmap pixel (pixel loop, atol 1e-6)."""
-    rng = np.random.default_rng(7)
-    hm, img = (24, 18), (96, 72)
-    for sigma in (1.0, 1.5, 3.0):
-        joints = rng.uniform(-30, 120, (NUM_JOINTS, 2))
-        vis = rng.random(NUM_JOINTS) < 0.8
-        target, weight = T.gaussian_targets(joints, vis, hm, img, sigma, "subpixel")
-        for j in range(NUM_JOINTS):
-            mx, my = joints[j] / 4
-            ref = np.zeros(hm)
-            for v in range(hm[0]):
-                for u in range(hm[1]):
-                    if abs(u - mx) <= 3 * sigma and abs(v - my) <= 3 * sigma:
-                        ref[v, u] = np.exp(-((u - mx) ** 2 + (v - my) ** 2) / (2 * sigma**2))
-            expect_w = float(vis[j] and ref.any())
-            assert weight[j] == expect_w, (sigma, j)
-            np.testing.assert_allclose(target[..., j], ref * expect_w, atol=1e-6)
 
 
 def test_subpixel_targets_border_and_bad_encoding():
