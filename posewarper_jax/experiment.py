@@ -78,10 +78,11 @@ def validate(config: mlc.ConfigDict) -> None:
     if i.support_range < 0:
         _fail("input.support_range", i.support_range, "must be >= 0")
     encodings = transforms.TARGET_ENCODINGS
-    if i.target_encoding not in encodings:
-        _fail("input.target_encoding", i.target_encoding, f"must be one of {encodings}")
-    if config.eval.decoding not in DECODINGS:
-        _fail("eval.decoding", config.eval.decoding, f"must be one of {DECODINGS}")
+    encoding, decoding = heatmap_coding(config)
+    if encoding not in encodings:
+        _fail("input.target_encoding", encoding, f"must be one of {encodings}")
+    if decoding not in DECODINGS:
+        _fail("eval.decoding", decoding, f"must be one of {DECODINGS}")
 
     m = config.model
     if m.backbone not in HRNET_VARIANTS:
@@ -251,6 +252,15 @@ def sparse_subset(config: mlc.ConfigDict, dataset: VideoDataset):
 # ----------------------------------------------------------------------------- pipeline
 
 
+def heatmap_coding(config: mlc.ConfigDict) -> tuple[str, str]:
+    """(``input.target_encoding``, ``eval.decoding``); HRNet's coding for a config without
+    the fields (written before they existed)."""
+    return (
+        str(config.input.get("target_encoding", "integer")),
+        str(config.eval.get("decoding", "quarter")),
+    )
+
+
 def pipeline_config(config: mlc.ConfigDict, stage: str, **overrides) -> pipeline_lib.PipelineConfig:
     """The input pipeline's settings for ``stage`` ("stage1", "stage2", "eval")."""
     i = config.input
@@ -262,11 +272,12 @@ def pipeline_config(config: mlc.ConfigDict, stage: str, **overrides) -> pipeline
         half_body_prob=i.half_body_prob,
     )
     batch = config.eval.batch_size if stage == "eval" else config[stage].batch_size
+    encoding, decoding = heatmap_coding(config)
     kwargs = dict(
         image_size=tuple(i.image_size),
         sigma=float(i.sigma),
-        target_encoding=str(i.target_encoding),
-        decoding=str(config.eval.decoding),
+        target_encoding=encoding,
+        decoding=decoding,
         support_range=int(i.support_range),
         aug=aug,
         augment=stage != "eval",

@@ -387,6 +387,20 @@ def test_bad_config_fails_at_start_naming_the_field(tmp_path, field, value, mess
     assert not os.path.exists(tmp_path / "unused")
 
 
+def test_heatmap_coding_reaches_the_pipeline_and_defaults_to_hrnets(tmp_path):
+    """The config's coding reaches every stage's pipeline; a config written without the two
+    fields gets HRNet's coding (integer targets, quarter-pixel decoding)."""
+    c = tiny_config(str(tmp_path / "unused"))
+    for stage in ("stage1", "stage2", "eval"):
+        cfg = experiment.pipeline_config(c, stage)
+        assert (cfg.target_encoding, cfg.decoding) == ("subpixel", "dark")
+    del c.input["target_encoding"]
+    del c.eval["decoding"]
+    experiment.validate(c)
+    cfg = experiment.pipeline_config(c, "eval")
+    assert (cfg.target_encoding, cfg.decoding) == ("integer", "quarter")
+
+
 @pytest.mark.parametrize(
     "field, value",
     [

@@ -377,13 +377,10 @@ def gaussian_targets(
     radius = 3.0 * sigma
     if encoding == "integer":
         mu = np.floor(mu + 0.5)
-        r = np.floor(radius)
-        inside = (mu[:, 0] + r >= 0) & (mu[:, 0] - r <= w - 1) & (mu[:, 1] + r >= 0)
-        inside &= mu[:, 1] - r <= h - 1
-    else:  # the window [mu - radius, mu + radius] holds a pixel on both axes
-        lo, hi = np.ceil(mu - radius), np.floor(mu + radius)
-        inside = (hi[:, 0] >= np.maximum(lo[:, 0], 0)) & (lo[:, 0] <= w - 1)
-        inside &= (hi[:, 1] >= np.maximum(lo[:, 1], 0)) & (lo[:, 1] <= h - 1)
+    # The window [mu - radius, mu + radius] holds a heatmap pixel on both axes.
+    lo, hi = np.ceil(mu - radius), np.floor(mu + radius)
+    inside = (hi[:, 0] >= np.maximum(lo[:, 0], 0)) & (lo[:, 0] <= w - 1)
+    inside &= (hi[:, 1] >= np.maximum(lo[:, 1], 0)) & (lo[:, 1] <= h - 1)
     weight = ((vis > 0) & finite & inside).astype(np.float32)
     dx = np.arange(w)[:, None] - mu[None, :, 0]  # [w, J]
     dy = np.arange(h)[:, None] - mu[None, :, 1]  # [h, J]
