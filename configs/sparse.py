@@ -116,6 +116,9 @@ def get_config(arg=None):
     c.model.dilations = (3, 6, 12)
     c.model.backbone_bn = "frozen"  # frozen: running stats kept; batch: as the original release
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    # Deformable convolutions: auto (a fused Pallas kernel on GPUs, jnp gathers elsewhere),
+    # xla (jnp gathers everywhere) or pallas; the same function either way.
+    c.model.deform_impl = "auto"
 
     # ------------------------------------------------------------------ training
     def stage(epochs, lr, lr_steps, batch_size):

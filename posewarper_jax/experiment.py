@@ -20,6 +20,7 @@ from posewarper_jax.data.types import VideoDataset
 from posewarper_jax.models.hrnet import HRNET_VARIANTS, get_hrnet_config
 from posewarper_jax.models.posewarper import BACKBONE_BN_MODES, PoseWarper
 from posewarper_jax.models.warping import WarpingHeadConfig
+from posewarper_jax.ops import IMPLS
 from posewarper_jax.ops.heatmaps import DECODINGS
 from posewarper_jax.training import STAGE2_TARGETS
 
@@ -97,6 +98,8 @@ def validate(config: mlc.ConfigDict) -> None:
         _fail("model.backbone_bn", m.backbone_bn, f"must be one of {BACKBONE_BN_MODES}")
     if m.dtype not in DTYPES:
         _fail("model.dtype", m.dtype, f"must be one of {sorted(DTYPES)}")
+    if m.get("deform_impl", "auto") not in IMPLS:
+        _fail("model.deform_impl", m.deform_impl, f"must be one of {IMPLS}")
     if m.pretrained and not os.path.exists(m.pretrained):
         _fail("model.pretrained", m.pretrained, "does not exist")
 
@@ -301,6 +304,7 @@ def head_config(config: mlc.ConfigDict) -> WarpingHeadConfig:
         num_blocks=int(m.head_blocks),
         dilations=tuple(int(d) for d in m.dilations),
         dtype=DTYPES[m.dtype],
+        deform_impl=str(m.get("deform_impl", "auto")),
     )
 
 

@@ -72,7 +72,7 @@ import jax
 import jax.numpy as jnp
 
 from posewarper_jax.models.layers import BasicBlock, Dtype, conv
-from posewarper_jax.ops import deform_conv2d_multi
+from posewarper_jax.ops import IMPLS, deform_conv2d_multi
 
 KERNEL_SIZE = 3  # offsets convs and deformable convs are 3x3 in the method
 LAYOUTS = ("official", "mmpose")
@@ -94,6 +94,9 @@ class WarpingHeadConfig:
       dtype: compute dtype of the offset-feature blocks and offsets convs (offsets are cast
         to float32 before sampling; the deformable convs run in float32).
       param_dtype: dtype of the parameters.
+      deform_impl: implementation of the deformable convolutions (``deform_conv2d_multi``'s
+        ``impl``): ``"auto"`` (the fused Pallas kernel on GPUs, the pure-``jnp`` gathers
+        elsewhere), ``"xla"`` or ``"pallas"``. All compute the same function.
     """
 
     num_joints: int = 17
@@ -102,6 +105,7 @@ class WarpingHeadConfig:
     dilations: tuple[int, ...] = (3, 6, 12, 18, 24)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    deform_impl: str = "auto"
 
     def __post_init__(self):
         for field in ("num_joints", "channels", "num_blocks"):
@@ -122,6 +126,10 @@ class WarpingHeadConfig:
                 f"got {self.dilations!r}"
             )
         object.__setattr__(self, "dilations", dilations)
+        if self.deform_impl not in IMPLS:
+            raise ValueError(
+                f"WarpingHeadConfig.deform_impl must be one of {IMPLS}, got {self.deform_impl!r}"
+            )
 
     @property
     def offset_channels(self) -> int:
@@ -263,6 +271,7 @@ class WarpingHead(nn.Module):
             # Full float32 contraction (not TF32/bf16 passes on accelerators): it is tiny, and
             # keeps the identity at initialisation exact.
             precision=jax.lax.Precision.HIGHEST,
+            impl=cfg.deform_impl,
         )
         if return_offsets:
             return warped, tuple(offsets)

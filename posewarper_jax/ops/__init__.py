@@ -1,7 +1,7 @@
 """Pure functions over arrays (no Flax, no config): deformable convolution, bilinear sampling,
 heatmap decoding."""
 
-from posewarper_jax.ops.deform_conv import deform_conv2d, deform_conv2d_multi
+from posewarper_jax.ops.deform_conv import IMPLS, deform_conv2d, deform_conv2d_multi
 from posewarper_jax.ops.heatmaps import (
     average_flip,
     decode_heatmaps,
@@ -11,6 +11,7 @@ from posewarper_jax.ops.heatmaps import (
 from posewarper_jax.ops.sampling import bilinear_sample, grouped_bilinear_sample
 
 __all__ = [
+    "IMPLS",
     "average_flip",
     "bilinear_sample",
     "decode_heatmaps",

@@ -26,13 +26,17 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from posewarper_jax.ops.deform_conv_pallas import deform_conv2d_multi_pallas, pallas_supported
 from posewarper_jax.ops.sampling import corner_table, sample_corner_table, sample_dtype
 
-__all__ = ["deform_conv2d", "deform_conv2d_multi"]
+__all__ = ["IMPLS", "deform_conv2d", "deform_conv2d_multi"]
+
+IMPLS = ("xla", "pallas", "auto")  # implementations of deform_conv2d_multi
 
 
 def _int_pair(value, name: str, minimum: int) -> tuple[int, int]:
@@ -215,6 +219,7 @@ def deform_conv2d_multi(
     reduce: str | None = "mean",
     precision=None,
     fused: bool = False,
+    impl: str = "xla",
 ):
     """Several same-size deformable convolutions of one input, one per dilation, then their mean.
 
@@ -234,6 +239,16 @@ def deform_conv2d_multi(
     the fused form was measured slower (its concatenated sample points are materialised; the
     contraction is a small share of the time), so it is not the default.
 
+    ``impl`` picks the implementation:
+
+    * ``"xla"`` (default): the pure-``jnp`` gathers above, on any backend.
+    * ``"pallas"``: one fused Pallas (Triton) kernel with its own backward
+      (``posewarper_jax.ops.deform_conv_pallas``), for ``G = Cin``, no mask and
+      ``reduce="mean"`` (the warping head's case; anything else is a ValueError). Sampling and
+      contraction run in float32 (IEEE), whatever ``precision``. Off the GPU it runs through
+      Pallas' interpreter, which is only for tests.
+    * ``"auto"``: ``"pallas"`` on a GPU backend for the cases it handles, else ``"xla"``.
+
     Args:
       x: ``[B, H, W, Cin]``.
       offsets: D arrays ``[B, H, W, G * kh * kw * 2]`` (layout of ``deform_conv2d``).
@@ -243,7 +258,8 @@ def deform_conv2d_multi(
       mask: None, or D arrays ``[B, H, W, G * kh * kw]`` (DCNv2 modulation per branch).
       reduce: ``"mean"`` -> ``[B, H, W, Cout]``; ``None`` -> stacked ``[D, B, H, W, Cout]``.
       precision: passed to ``lax.dot_general``.
-      fused: see above.
+      fused: see above (``impl="xla"`` only).
+      impl: ``"xla"``, ``"pallas"`` or ``"auto"`` (above).
 
     Returns:
       ``x.dtype`` array, shape as given by ``reduce``.
@@ -285,6 +301,22 @@ def deform_conv2d_multi(
         _check_offsets(f"offsets[{i}]", offsets[i], (b, h, w, g * k * 2))
         if masks[i] is not None:
             _check_mask(f"mask[{i}]", masks[i], (b, h, w, g * k))
+
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl != "xla":
+        why = pallas_supported(x.shape, kshape, g, mask is not None)
+        if why is None and reduce != "mean":
+            why = 'the Pallas kernel computes reduce="mean" only'
+        if why is None and any(jnp.dtype(a.dtype) == jnp.float64 for a in (x, *offsets)):
+            why = "the Pallas kernel computes in float32"
+        on_gpu = jax.default_backend() == "gpu"
+        if impl == "pallas" and why is not None:
+            raise ValueError(f'impl="pallas": {why}; use impl="xla" or "auto"')
+        if why is None and (impl == "pallas" or on_gpu):
+            return deform_conv2d_multi_pallas(
+                x, offsets, kernels, dilations=dils, interpret=not on_gpu
+            )
 
     dtype = sample_dtype(x.dtype, *(o.dtype for o in offsets))
     acc = sample_dtype(x.dtype)  # float32 accumulation (float64 under x64)
