@@ -9,22 +9,38 @@ and forward + backward w.r.t. offsets and kernels ("fwd_bwd", x frozen as in sta
   deform_multi        deform_conv2d_multi (default: shared corner table, a gather per branch)
   deform_multi_fused  deform_conv2d_multi(fused=True): one gather over all (branch, tap)
                       points and one contraction over (branch, tap, channel)
+  deform_multi_pallas deform_conv2d_multi(impl="pallas"): the fused Pallas (Triton) kernel and
+                      its backward; GPU only. ``--pallas-tiles`` times other tilings
+                      (block pixels x warps) as ``deform_multi_pallas_<P>x<W>``
   torch_grid_sample   PyTorch, F.grid_sample (bilinear, zeros padding, align_corners=True)
                       per branch over all (group, tap) grids; skipped without torch
   torchvision_deform_conv2d  torchvision.ops.deform_conv2d; skipped without torchvision
 
+PyTorch runs on the GPU when JAX does (and torch sees CUDA), else on the CPU.
+
 Prints one JSON line per case: median wall time (ms) over --iters timed calls after warm-up,
 median process CPU time (ms, all threads; steadier on a shared machine), compile time (s)
-separately, shape, dtype, device, the 1-minute load average and the wall-time ratio to
-lax_conv of the same mode. lax_conv's fwd_bwd differentiates the kernels only (no offsets).
+separately, shape, dtype, device, the 1-minute load average, the wall-time ratio to lax_conv of
+the same mode (lax_conv's fwd_bwd differentiates the kernels only: no offsets) and, where
+torchvision ran, to torchvision's time (``speedup_vs_torchvision`` > 1: faster).
+
+On a GPU it also prints the memory-traffic floor: a ``bandwidth`` line (a large on-device
+copy, bytes read + written per second), and per case ``floor_ms``, the least bytes the
+computation must move over that bandwidth (forward: read x, offsets and kernels, write the
+output; fwd_bwd: read x, offsets, kernels and the output cotangent, write the offset and kernel
+gradients), and ``vs_floor`` (time / floor). A ``check`` line gives the largest difference of
+the Pallas kernel from the jnp operator on the device (forward and gradients, relative to the
+largest value).
 
   python benchmarks/deform_conv.py --batch 4          # CPU-sized
   python benchmarks/deform_conv.py --quick            # seconds
+  python benchmarks/deform_conv.py --iters 50 --pallas-tiles 32x4,64x4,128x8   # GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -36,8 +52,13 @@ import numpy as np
 from jax import lax
 
 from posewarper_jax.ops import deform_conv2d, deform_conv2d_multi
+from posewarper_jax.ops.deform_conv_pallas import deform_conv2d_multi_pallas
 
 DILATIONS = (3, 6, 12, 18, 24)
+
+
+def _on_gpu() -> bool:
+    return jax.default_backend() == "gpu"
 
 
 def _time(fn, args, iters: int, sync=jax.block_until_ready) -> tuple[float, float]:
@@ -72,7 +93,7 @@ def _lax_conv_mean(x, kernels):
     return (sum(outs) / len(outs)).astype(x.dtype)
 
 
-def _jax_cases(groups):
+def _jax_cases(groups, tiles=()):
     def separate(x, offsets, kernels):
         outs = [
             deform_conv2d(x, o, k, dilation=d, deformable_groups=groups).astype(jnp.float32)
@@ -89,12 +110,80 @@ def _jax_cases(groups):
         del offsets
         return _lax_conv_mean(x, kernels)
 
-    return {
+    cases = {
         "lax_conv": conv,
         "deform_separate": separate,
         "deform_multi": multi,
         "deform_multi_fused": lambda *a: multi(*a, fused=True),
     }
+    if _on_gpu():
+        cases["deform_multi_pallas"] = lambda x, o, k: deform_conv2d_multi(
+            x, o, k, dilations=DILATIONS, deformable_groups=groups, impl="pallas"
+        )
+        for bp, nw in tiles:
+            cases[f"deform_multi_pallas_{bp}x{nw}"] = functools.partial(
+                _pallas_tiled, block_pixels=bp, num_warps=nw
+            )
+    return cases
+
+
+def _pallas_tiled(x, offsets, kernels, block_pixels, num_warps):
+    return deform_conv2d_multi_pallas(
+        x,
+        offsets,
+        kernels,
+        dilations=[(d, d) for d in DILATIONS],
+        block_pixels=block_pixels,
+        num_warps=num_warps,
+    )
+
+
+def _bandwidth() -> dict:
+    """Device-memory bandwidth: a 2 GiB float32 array read and written (x + 1), median of 20."""
+    x = jnp.zeros((2**29,), jnp.float32) + 1.0
+    f = jax.jit(lambda a: a + 1.0)
+    ms, _ = _time(f, (x,), 20)
+    nbytes = 2 * x.size * 4
+    return dict(case="bandwidth", bytes=nbytes, median_ms=round(ms, 3), gb_per_s=nbytes / ms / 1e6)
+
+
+def _floor_bytes(x, offsets, kernels, mode) -> int:
+    """Least bytes a computation must move (see the module docstring)."""
+    item = jnp.dtype(x.dtype).itemsize
+    xb = x.size * item  # x, and the output / its cotangent have x's size (Cout = Cin)
+    ob = sum(o.size for o in offsets) * item
+    kb = sum(k.size for k in kernels) * item
+    if mode == "fwd":
+        return xb + ob + kb + xb
+    return xb + ob + kb + x.size * 4 + ob + kb  # cotangent is float32
+
+
+def _check_pallas(x, offsets, kernels, cot, groups) -> dict:
+    """Largest |pallas - jnp| on the device, relative to the largest |jnp|, fwd and grads."""
+
+    def run(impl):
+        def fn(o, k):
+            return deform_conv2d_multi(
+                x, o, k, dilations=DILATIONS, deformable_groups=groups, impl=impl,
+                precision=lax.Precision.HIGHEST,
+            ).astype(jnp.float32)  # fmt: skip
+
+        out, vjp = jax.vjp(fn, offsets, kernels)
+        grads = jax.tree.map(lambda a: a.astype(jnp.float32), vjp(cot))
+        return out, grads
+
+    got, want = jax.jit(lambda: run("pallas"))(), jax.jit(lambda: run("xla"))()
+    rel = {}
+    names = ["output", "offsets_grad", "kernels_grad"]
+    for name, g, w in zip(names, (got[0], *got[1]), (want[0], *want[1])):
+        gl, wl = jax.tree.leaves(g), jax.tree.leaves(w)
+        err = max(
+            float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
+            for a, b in zip(gl, wl)
+        )
+        scale = max(float(jnp.max(jnp.abs(b.astype(jnp.float32)))) for b in wl)
+        rel[name] = err / max(scale, 1e-30)
+    return dict(case="check", compared="deform_multi_pallas vs deform_multi", max_rel_diff=rel)
 
 
 def _bench_jax(name, fn, x, offsets, kernels, cot, iters, info):
@@ -119,7 +208,7 @@ def _bench_jax(name, fn, x, offsets, kernels, cot, iters, info):
                 info,
                 case=name,
                 mode=mode,
-                median_ms=round(ms, 2),
+                median_ms=round(ms, 3),
                 median_cpu_ms=round(cpu_ms, 2),
                 compile_s=round(compile_s, 2),
             )
@@ -134,30 +223,34 @@ def _torch_rows(x, offsets, kernels, cot, iters, info, jax_out):
         import torch.nn.functional as F
     except ImportError:
         return [dict(info, case="torch_grid_sample", skipped="torch is not importable")]
+    dev = "cuda" if _on_gpu() and torch.cuda.is_available() else "cpu"
+    if dev == "cuda":
+        info = dict(info, device=f"cuda:{torch.cuda.get_device_name()} (torch)")
+        sync = lambda _: torch.cuda.synchronize()  # noqa: E731
+    else:
+        sync = lambda _: None  # noqa: E731
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[info["dtype"]]
     b, h, w, c = x.shape
     g = c  # one channel per group, as in the warping head
-    xt = torch.from_numpy(np.asarray(x, np.float32)).to(tdtype).permute(0, 3, 1, 2).contiguous()
-    offs_t = [torch.from_numpy(np.asarray(o, np.float32)).to(tdtype) for o in offsets]
-    ks_t = [torch.from_numpy(np.asarray(k, np.float32)).to(tdtype) for k in kernels]
-    cot_t = torch.from_numpy(np.array(cot, np.float32))
+
+    def tensor(a):
+        return torch.from_numpy(np.asarray(a, np.float32)).to(device=dev, dtype=tdtype)
+
+    xt = tensor(x).permute(0, 3, 1, 2).contiguous()
+    offs_t = [tensor(o) for o in offsets]
+    ks_t = [tensor(k) for k in kernels]
+    cot_t = torch.from_numpy(np.array(cot, np.float32)).to(dev)
     ii, jj = np.meshgrid(np.arange(3), np.arange(3), indexing="ij")
+    ii_t = torch.from_numpy(ii.reshape(1, 1, 9, 1, 1)).to(dev)
+    jj_t = torch.from_numpy(jj.reshape(1, 1, 9, 1, 1)).to(dev)
 
     def forward(offs, ks):
         total = 0
         inp = xt.reshape(b * g, 1, h, w)
         for off, k, d in zip(offs, ks, DILATIONS):
             off = off.reshape(b, h, w, g, 9, 2).permute(0, 3, 4, 1, 2, 5)  # [B, G, 9, H, W, 2]
-            base_y = (
-                torch.arange(h).view(1, 1, 1, h, 1)
-                - d
-                + torch.from_numpy(ii.reshape(1, 1, 9, 1, 1) * d)
-            )
-            base_x = (
-                torch.arange(w).view(1, 1, 1, 1, w)
-                - d
-                + torch.from_numpy(jj.reshape(1, 1, 9, 1, 1) * d)
-            )
+            base_y = torch.arange(h, device=dev).view(1, 1, 1, h, 1) - d + ii_t * d
+            base_x = torch.arange(w, device=dev).view(1, 1, 1, 1, w) - d + jj_t * d
             y = base_y + off[..., 0].float()
             xx = base_x + off[..., 1].float()
             # align_corners=True: -1 and +1 are the centres of the first and last pixels.
@@ -174,7 +267,7 @@ def _torch_rows(x, offsets, kernels, cot, iters, info, jax_out):
         t0 = time.perf_counter()
         out = forward(offs_t, ks_t)
         first = time.perf_counter() - t0
-    diff = float(np.abs(out.float().numpy() - np.asarray(jax_out, np.float32)).max())
+    diff = float(np.abs(out.float().cpu().numpy() - np.asarray(jax_out, np.float32)).max())
 
     def fwd():
         with torch.no_grad():
@@ -187,8 +280,8 @@ def _torch_rows(x, offsets, kernels, cot, iters, info, jax_out):
 
     rows = []
     for mode, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
-        ms, cpu_ms = _time(fn, (), iters, sync=lambda _: None)
-        row = dict(info, case="torch_grid_sample", mode=mode, median_ms=round(ms, 2))
+        ms, cpu_ms = _time(fn, (), iters, sync=sync)
+        row = dict(info, case="torch_grid_sample", mode=mode, median_ms=round(ms, 3))
         row.update(median_cpu_ms=round(cpu_ms, 2), torch_threads=torch.get_num_threads())
         if mode == "fwd":
             # bf16: grid_sample takes the grid in the input dtype, so sample points are rounded.
@@ -201,11 +294,11 @@ def _torch_rows(x, offsets, kernels, cot, iters, info, jax_out):
             dict(info, case="torchvision_deform_conv2d", skipped="torchvision is not importable")
         )
     else:
-        rows.extend(_torchvision_rows(xt, offs_t, ks_t, cot_t, iters, info))
+        rows.extend(_torchvision_rows(xt, offs_t, ks_t, cot_t, iters, info, sync))
     return rows
 
 
-def _torchvision_rows(xt, offs_t, ks_t, cot_t, iters, info):
+def _torchvision_rows(xt, offs_t, ks_t, cot_t, iters, info, sync):
     import torch
     from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
@@ -228,16 +321,13 @@ def _torchvision_rows(xt, offs_t, ks_t, cot_t, iters, info):
 
     rows = []
     for mode, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
-        ms, cpu_ms = _time(fn, (), iters, sync=lambda _: None)
-        rows.append(
-            dict(
-                info,
-                case="torchvision_deform_conv2d",
-                mode=mode,
-                median_ms=round(ms, 2),
-                median_cpu_ms=round(cpu_ms, 2),
-            )
-        )
+        row = dict(info, case="torchvision_deform_conv2d", mode=mode)
+        try:
+            ms, cpu_ms = _time(fn, (), iters, sync=sync)
+        except RuntimeError as e:  # e.g. a dtype its kernels are not built for
+            rows.append(dict(row, skipped=str(e).splitlines()[0][:200]))
+            continue
+        rows.append(dict(row, median_ms=round(ms, 3), median_cpu_ms=round(cpu_ms, 2)))
     return rows
 
 
@@ -251,9 +341,18 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "both"), default="both")
     parser.add_argument("--quick", action="store_true", help="small shape, finishes in seconds")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch cases")
+    parser.add_argument(
+        "--pallas-tiles",
+        default="",
+        help="extra tilings of the Pallas kernel (GPU), e.g. 32x4,128x8 (block pixels x warps)",
+    )
+    parser.add_argument(
+        "--cases", default="", help="comma-separated JAX cases to run (default: all)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.batch, args.height, args.width, args.iters = 2, 24, 18, 3
+    tiles = [tuple(int(v) for v in t.split("x")) for t in args.pallas_tiles.split(",") if t]
 
     b, h, w, c = args.batch, args.height, args.width, args.channels
     rng = np.random.default_rng(0)
@@ -264,6 +363,10 @@ def main() -> None:
     dev = jax.devices()[0]
     device = f"{dev.platform}:{dev.device_kind}"
     dtypes = ("float32", "bfloat16") if args.dtype == "both" else (args.dtype,)
+    bandwidth = None
+    if _on_gpu():
+        bandwidth = _bandwidth()
+        print(json.dumps(dict(bandwidth, device=device)), flush=True)
     for dtype_name in dtypes:
         dtype = jnp.dtype(dtype_name)
         x = jnp.asarray(x32, dtype)
@@ -275,19 +378,40 @@ def main() -> None:
             device=device,
         )
         rows = []
-        for name, fn in _jax_cases(c).items():
-            rows += _bench_jax(name, fn, x, offsets, kernels, cot, args.iters, info)
+        cases = _jax_cases(c, tiles)
+        wanted = [n for n in args.cases.split(",") if n] or list(cases)
+        if "lax_conv" not in wanted:
+            wanted.insert(0, "lax_conv")  # the ratios' reference
+        for name in wanted:
+            if name not in cases:
+                raise SystemExit(f"error: --cases: unknown case {name!r}; known: {list(cases)}")
+            rows += _bench_jax(name, cases[name], x, offsets, kernels, cot, args.iters, info)
+        if _on_gpu():
+            check = _check_pallas(x, offsets, kernels, cot, c)
+            print(json.dumps(dict(check, **info)), flush=True)
         if not args.no_torch:
             jax_out = _jax_cases(c)["deform_multi"](x, offsets, kernels)
             rows += _torch_rows(
                 x32, offs32, ks32, cot, args.iters, dict(info, device="cpu (torch)"), jax_out
             )
         base = {r["mode"]: r["median_ms"] for r in rows if r["case"] == "lax_conv"}
+        tv = {
+            r["mode"]: r["median_ms"]
+            for r in rows
+            if r["case"] == "torchvision_deform_conv2d" and "median_ms" in r
+        }
         load = round(os.getloadavg()[0], 2)  # other work on a shared machine skews timings
         for r in rows:
             r["loadavg_1m"] = load
             if "median_ms" in r:
                 r["vs_lax_conv"] = round(r["median_ms"] / base[r["mode"]], 2)
+                if r["mode"] in tv:
+                    r["speedup_vs_torchvision"] = round(tv[r["mode"]] / r["median_ms"], 2)
+                if bandwidth is not None:
+                    nbytes = _floor_bytes(x, offsets, kernels, r["mode"])
+                    floor_ms = nbytes / bandwidth["gb_per_s"] / 1e6
+                    r.update(floor_bytes=nbytes, floor_ms=round(floor_ms, 4))
+                    r["vs_floor"] = round(r["median_ms"] / floor_ms, 2)
             print(json.dumps(r), flush=True)
 
 

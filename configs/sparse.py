@@ -23,6 +23,11 @@ Variants (``configs/sparse.py:key=value,...``):
                   (PoseTrack18) or ``annotations/{train,val}`` annolist files (PoseTrack17).
   paper           the paper's setting: HRNet-W48 at 384x288, the full warping head
                   (20 blocks x 128 channels, dilations 3,6,12,18,24), 8 pairs per device.
+  gpu             the default experiment (same data, pre-training, recipe, coding and
+                  evaluation) with the paper's network and resolution: HRNet-W48 at 384x288,
+                  96x72 heatmaps (sigma 3), the full warping head; sized for one GPU.
+  smoke           with any of the above: the tiny data set and 3 steps of every stage, at the
+                  variant's model and resolution (checks that a configuration runs end to end).
   backbone=NAME   HRNet variant: tiny, small, w32, w48.
   V=INT, N=INT    V labeled videos x N labeled frames per video (instead of every 7th frame).
 
@@ -49,7 +54,7 @@ def _parse_arg(arg):
     return out
 
 
-KNOWN_ARGS = ("runlocal", "scratch", "data", "root", "paper", "backbone", "V", "N")
+KNOWN_ARGS = ("runlocal", "scratch", "data", "root", "paper", "gpu", "smoke", "backbone", "V", "N")
 
 
 def get_config(arg=None):
@@ -204,6 +209,26 @@ def get_config(arg=None):
         c.pretrain.batch_size = 64
         c.checkpoint_every = 1000
         c.log_every = 100
+    if args.get("gpu"):
+        c.model.backbone = str(args.get("backbone", "w48"))
+        c.model.head_channels = 128
+        c.model.head_blocks = 20
+        c.model.dilations = PAPER_DILATIONS
+        c.input.image_size = (384, 288)
+        c.input.sigma = 3.0
+        c.input.num_workers = 8
+        c.eval.batch_size = 64
+        c.checkpoint_every = 500
+    if args.get("smoke"):
+        c.data.synthetic_preset = "tiny"
+        c.data.root = str(args.get("root", "data/synthetic_tiny"))
+        c.pretrain.synthetic_preset = "tiny"
+        for s in (c.pretrain, c.stage1, c.stage2):
+            s.max_steps = 3
+            s.batch_size = 8
+        c.checkpoint_every = 2
+        c.log_every = 1
+        c.eval.batch_size = 8
     if args.get("runlocal"):
         c.data.synthetic_preset = "tiny"
         # Its own data root, so a smoke test leaves the default's data sets alone.
