@@ -2,13 +2,14 @@
 
   python -m posewarper_jax.evaluate --gt GT_DIR --pred PRED_DIR \\
       [--format auto|posetrack17|posetrack18] [--neck head_bottom|shoulder_midpoint] \\
-      [--missing-scores error|min_score] [--coco] [--out results.json]
+      [--missing-scores error|min_score] [--coco] [--track] [--out results.json]
 
 Both directories hold one JSON file per sequence, as the official evaluation (poseval) wants
 them: every ground-truth file needs a prediction file of the same name with the same frames
 (paired by position). PoseTrack17 (``annolist``) and PoseTrack18 (COCO-style) files are read,
 and the two sides may differ in format. Prints poseval's table (Head, Shoulder, Elbow, Wrist,
-Hip, Knee, Ankle, Total in percent) and, with ``--coco``, COCO's OKS AP/AR; ``--out`` writes
+Hip, Knee, Ankle, Total in percent), with ``--coco`` COCO's OKS AP/AR and with ``--track``
+poseval's tracking table (MOTA, MOTP, precision, recall: ``eval.tracking``); ``--out`` writes
 everything as JSON. Exit status 0 on success, 2 on bad input (the message names the file).
 """
 
@@ -144,6 +145,12 @@ def run(args: argparse.Namespace) -> dict:
         print("COCO keypoint OKS metrics:")
         print("  ".join(f"{k} {v:.4f}" for k, v in stats.items()))
         results["coco"] = stats
+    if getattr(args, "track", False):
+        from posewarper_jax.eval.tracking import format_mot_table, posetrack_tracking
+
+        mot = posetrack_tracking(gt, pred)
+        print(format_mot_table(mot))
+        results["tracking"] = mot
     if args.out:
         directory = os.path.dirname(os.path.abspath(args.out))
         os.makedirs(directory, exist_ok=True)
@@ -174,6 +181,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="min_score: give unscored predicted joints poseval's fallback score -9999",
     )
     parser.add_argument("--coco", action="store_true", help="also report COCO OKS AP")
+    parser.add_argument(
+        "--track",
+        action="store_true",
+        help="also report poseval's tracking metrics (MOTA, MOTP, precision, recall; the "
+        "predictions need track ids)",
+    )
     parser.add_argument("--out", default="", help="write the results to this JSON file")
     return parser.parse_args(argv)
 
