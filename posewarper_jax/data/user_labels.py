@@ -230,6 +230,7 @@ def load_labels(
     frame_paths: Sequence[str] | None = None,
     root: str | None = None,
     joint_order: str = "names",
+    boxes_only: bool = False,
 ) -> VideoDataset:
     """Reads the labels of ``source``'s frames (module docstring) as a one-video data set.
 
@@ -241,6 +242,8 @@ def load_labels(
       root: the data set's root (default: the frames' folder's parent).
       joint_order: "names" (map joints by the category's names) or "posetrack18" (take the
         17 joints in PoseTrack18 order).
+      boxes_only: read a file of people boxes (e.g. the ground truth of every frame, for
+        ``propagate --boxes``): people without labeled joints are kept, and need a box.
 
     Returns:
       A ``VideoDataset`` (fmt "posetrack18") with one video named ``source.name``: every
@@ -321,13 +324,15 @@ def load_labels(
             slots = slots_by_category[cid]
         kpts = _keypoints(_get(annotation, "keypoints", where), slots, where, rule)
         frame = frame_of_image[image_id]
-        if not np.any(kpts[:, 2] > 0):
+        if not np.any(kpts[:, 2] > 0) and not boxes_only:
             continue
         track = _track_id(annotation, where)
         tracks_given.append(track is not None)
         bbox = _box(annotation.get("bbox"), where, "bbox")
         if bbox is None or not (bbox[2] > 0 and bbox[3] > 0) or not np.all(np.isfinite(bbox)):
             bbox = box_from_keypoints(kpts)
+        if bbox is None:
+            raise AnnotationError(f"{where}: a person without a box (bbox) or labeled joints")
         people.setdefault(frame, []).append(
             Person(
                 keypoints=kpts,

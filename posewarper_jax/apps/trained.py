@@ -1,0 +1,131 @@
+"""A trained model read back from a main-job workdir, for the commands that apply it.
+
+The main job (``job.train_and_evaluate``) leaves in its workdir ``config.json`` (the config
+it ran with) and, per stage, ``<stage>/checkpoints`` (Orbax: the train state and the data
+iterator) with ``<stage>/done.json`` once the stage finished. A finished stage is loaded
+the way the job itself loads it (``training.run_stage`` on a finished stage):
+``training.restore_state`` into a state shaped like the one the stage trained (the model of
+``config.json`` and the stage's optimizer state; shapes only, from ``jax.eval_shape``, so
+nothing is compiled), keeping ``params`` and ``batch_stats``.
+
+``load_trained(workdir)`` gives stage 2 (HRNet and the warping head: propagation,
+aggregation, the tracker's motion model); ``stage="stage1"`` the single-frame HRNet.
+Errors are ``CheckpointError`` (a ``ValueError``) naming the path and what is wrong: not a
+workdir, a stage that did not finish, a checkpoint that does not fit ``config.json``'s model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import optax
+
+from posewarper_jax import experiment, training
+from posewarper_jax.data import pipeline as pipeline_lib
+
+__all__ = ["STAGES", "CheckpointError", "TrainedModel", "load_trained"]
+
+STAGES = {"stage1": 1, "stage2": 2, "stage1_augmented": 1}
+
+
+class CheckpointError(ValueError):
+    """A workdir or checkpoint that cannot give the model; the message names the path."""
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A finished stage: the run's ``config``, the ``model`` (``PoseWarper``) and its
+    ``variables`` (``{"params", "batch_stats"}``)."""
+
+    workdir: str
+    stage: str
+    config: mlc.ConfigDict
+    model: Any
+    variables: dict
+
+    def pipeline_config(self, **overrides) -> pipeline_lib.PipelineConfig:
+        """The evaluation pipeline settings of the run (crop size, σ, heatmap coding, batch
+        size), with ``overrides``."""
+        return experiment.pipeline_config(self.config, "eval", **overrides)
+
+
+def read_config(workdir: str) -> mlc.ConfigDict:
+    """``workdir/config.json`` as a ``ConfigDict``."""
+    if not os.path.isdir(workdir):
+        raise CheckpointError(f"{workdir}: no such workdir (the main job's --workdir)")
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{workdir}: not a workdir of the main job (no config.json)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return mlc.ConfigDict(data)
+
+
+def _abstract_state(model, image_size, seed: int, stage_cfg, index: int) -> dict:
+    """The shapes, dtypes and shardings of the train state ``training.run_stage`` saves for
+    stage ``index``, without computing anything (``jax.eval_shape``)."""
+    tx = training.make_optimizer(stage_cfg, index, optax.constant_schedule(1.0))
+
+    def state():
+        like = training.init_variables(model, image_size, seed)
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": like["params"],
+            "batch_stats": like["batch_stats"],
+            "opt_state": tx.init(like["params"]),
+        }
+
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), jax.eval_shape(state)
+    )
+
+
+def load_trained(workdir: str, stage: str = "stage2") -> TrainedModel:
+    """The variables of a finished stage of the main job's ``workdir`` (module docstring).
+
+    Raises:
+      CheckpointError: no workdir / config.json, an unfinished stage, or a checkpoint whose
+        arrays do not fit the model of ``config.json``.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {sorted(STAGES)}, got {stage!r}")
+    config = read_config(workdir)
+    config_path = os.path.join(workdir, "config.json")
+    try:
+        model = experiment.make_model(config)
+        image_size = tuple(int(v) for v in config.input.image_size)
+        seed = int(config.seed)
+        stage_cfg = config[stage]
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{config_path}: not a config of this project ({e})") from None
+    stage_dir = os.path.join(workdir, stage)
+    if not os.path.exists(os.path.join(stage_dir, "done.json")):
+        raise CheckpointError(
+            f"{stage_dir}: the stage did not finish (no done.json); run the main job with "
+            "this workdir to the end of the stage first"
+        )
+    state = _abstract_state(model, image_size, seed, stage_cfg, STAGES[stage])
+    ckpt_dir = os.path.join(stage_dir, "checkpoints")
+    try:
+        restored = training.restore_state(ckpt_dir, state)
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt_dir}: no checkpoint") from None
+    except Exception as e:  # Orbax reports shape and structure mismatches in several types
+        detail = " ".join(str(e).split())[:300]
+        raise CheckpointError(
+            f"{ckpt_dir}: does not match the model of {config_path} ({type(e).__name__}: {detail})"
+        ) from None
+    variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+    return TrainedModel(os.path.abspath(workdir), stage, config, model, variables)
