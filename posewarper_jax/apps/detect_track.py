@@ -1,0 +1,203 @@
+"""Detect and track: poses on every frame from person boxes, then track ids.
+
+No labels at test time. Given person boxes on every frame (ground truth or a detector's, as
+``data.detections`` reads them), ``detect_poses`` predicts each person's pose with the
+single-frame HRNet (``poses="hrnet"``) or PoseWarper's temporal aggregation
+(``poses="aggregation"``), as the main job's detection does (``apps.detection``; OKS NMS for
+detected boxes), and ``track`` gives the people track ids with one of two trackers
+(``apps.tracker``):
+
+* ``"posewarper"``: each person of frame t − 1 is carried to frame t by the warping head
+  (``warp_previous_poses``: its predicted joints scoring at least ``min_score`` rendered as
+  heatmaps in its box on t − 1, warped onto frame t with the main job's propagation,
+  ``propagation.propagate_plan``), and the people of t are matched to these moved poses by
+  OKS (the scale: the area of each box on t), Hungarian assignment, ``oks_threshold``.
+* ``"iou"``: the people of t are matched to those of t − 1 by box IoU alone
+  (``iou_threshold``): the baseline without a motion model.
+
+Both trackers see the same poses and boxes; only the links differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from jax.sharding import Mesh
+
+from posewarper_jax.apps import detection, propagation, tracker
+from posewarper_jax.data import pipeline as pipeline_lib
+from posewarper_jax.data.types import NUM_JOINTS, VideoDataset
+
+__all__ = [
+    "POSE_METHODS",
+    "TRACKERS",
+    "clear_track_ids",
+    "detect_poses",
+    "keep_confident_joints",
+    "track",
+    "warp_previous_poses",
+]
+
+POSE_METHODS = ("aggregation", "hrnet")
+TRACKERS = ("posewarper", "iou")
+OKS_THRESHOLD = 0.3
+IOU_THRESHOLD = 0.3
+MIN_SCORE = 0.2
+
+
+def detect_poses(
+    model,
+    variables: Mapping[str, Any],
+    dataset: VideoDataset,
+    pipe_cfg: pipeline_lib.PipelineConfig,
+    *,
+    boxes: pipeline_lib.BoxSource = "gt",
+    poses: str = "aggregation",
+    flip_test: bool = False,
+    mesh: Mesh | None = None,
+) -> VideoDataset:
+    """Poses of every box on every labeled frame of ``dataset`` (``apps.detection``), with
+    their track ids cleared (-1): boxes taken from the ground truth carry its ids."""
+    if poses not in POSE_METHODS:
+        raise ValueError(f"poses must be one of {POSE_METHODS}, got {poses!r}")
+    fn = detection.detect_aggregated if poses == "aggregation" else detection.detect_single_frame
+    pred = fn(model, variables, dataset, pipe_cfg, boxes=boxes, flip_test=flip_test, mesh=mesh)
+    return clear_track_ids(pred)
+
+
+def clear_track_ids(pred: VideoDataset) -> VideoDataset:
+    """A copy of ``pred`` whose people have no track id (-1)."""
+    videos = []
+    for video in pred.videos:
+        frames = [
+            dataclasses.replace(f, people=[dataclasses.replace(p, track_id=-1) for p in f.people])
+            for f in video.frames
+        ]
+        videos.append(dataclasses.replace(video, frames=frames))
+    return dataclasses.replace(pred, videos=videos)
+
+
+def _joint_scores(person) -> np.ndarray:
+    if person.keypoint_scores is None:
+        return (np.asarray(person.keypoints)[:, 2] > 0).astype(np.float32)
+    return np.asarray(person.keypoint_scores, np.float32)
+
+
+def warp_previous_poses(
+    model,
+    variables: Mapping[str, Any],
+    pred: VideoDataset,
+    pipe_cfg: pipeline_lib.PipelineConfig,
+    *,
+    min_score: float = MIN_SCORE,
+    flip_test: bool = False,
+    mesh: Mesh | None = None,
+) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    """Every person of frame t − 1 carried to frame t by the warping head.
+
+    One propagation plan holds a row per (frame t ≥ 1, person p of t − 1 with a joint scoring
+    at least ``min_score``): source frame t − 1, the person's joints scoring at least
+    ``min_score`` as the source labels, the person's box on t − 1 as the crop of both frames
+    (as stage 2 trained). ``propagation.propagate_plan`` runs it.
+
+    Returns:
+      ``{(video, t): (xy [N, J, 2], present bool [N, J])}`` for the ``N`` people of frame
+      ``t − 1`` in order (a person without a reliable joint: nothing present).
+    """
+    rows: dict[str, list] = {k: [] for k in ("video", "frame", "person", "box", "kpts")}
+    for vi, video in enumerate(pred.videos):
+        for t in range(1, video.nframes):
+            for p, person in enumerate(video.frames[t - 1].people):
+                kp = np.asarray(person.keypoints, np.float32).copy()
+                keep = (kp[:, 2] > 0) & (_joint_scores(person) >= min_score)
+                box = np.asarray(person.bbox, np.float32)
+                if not keep.any() or not (box[2] > 0 and box[3] > 0):
+                    continue
+                kp[~keep] = 0.0
+                kp[keep, 2] = 1.0
+                rows["video"].append(vi)
+                rows["frame"].append(t)
+                rows["person"].append(p)
+                rows["box"].append(box)
+                rows["kpts"].append(kp)
+    n = len(rows["video"])
+    plan = propagation.PropagationPlan(
+        video_names=[v.name for v in pred.videos],
+        video=np.asarray(rows["video"], np.int32).reshape(n),
+        frame=np.asarray(rows["frame"], np.int32).reshape(n),
+        person=np.asarray(rows["person"], np.int32).reshape(n),
+        track_id=np.full(n, -1, np.int32),
+        box=np.asarray(rows["box"], np.float32).reshape(n, 4),
+        source_frame=(np.asarray(rows["frame"], np.int32) - 1).reshape(n, 1),
+        source_person=np.asarray(rows["person"], np.int32).reshape(n, 1),
+        source_keypoints=np.asarray(rows["kpts"], np.float32).reshape(n, 1, NUM_JOINTS, 3),
+        source_weight=np.ones((n, 1), np.float32),
+    )
+    res = propagation.propagate_plan(
+        model, variables, pred, plan, pipe_cfg=pipe_cfg, mesh=mesh, flip_test=flip_test
+    )
+    out: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    for vi, video in enumerate(pred.videos):
+        for t in range(1, video.nframes):
+            k = len(video.frames[t - 1].people)
+            out[(vi, t)] = (np.zeros((k, NUM_JOINTS, 2)), np.zeros((k, NUM_JOINTS), bool))
+    for r in range(n):
+        xy, has = out[(int(plan.video[r]), int(plan.frame[r]))]
+        p = int(plan.person[r])
+        xy[p] = res.xy[r]
+        has[p] = res.present[r] & res.done[r]
+    return out
+
+
+def track(
+    pred: VideoDataset,
+    method: str = "posewarper",
+    *,
+    warped: Mapping[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None,
+    min_score: float = MIN_SCORE,
+    oks_threshold: float = OKS_THRESHOLD,
+    iou_threshold: float = IOU_THRESHOLD,
+) -> VideoDataset:
+    """``pred`` with track ids from the ``"posewarper"`` (needs ``warped`` from
+    ``warp_previous_poses``) or the ``"iou"`` tracker (module docstring)."""
+    if method not in TRACKERS:
+        raise ValueError(f"tracker must be one of {TRACKERS}, got {method!r}")
+    if method == "iou":
+
+        def iou(vi: int, t: int) -> np.ndarray:
+            frames = pred.videos[vi].frames
+            _, _, before = tracker.pose_arrays(frames[t - 1].people)
+            _, _, now = tracker.pose_arrays(frames[t].people)
+            return tracker.iou_matrix(before, now)
+
+        return tracker.track_dataset(pred, iou, iou_threshold)
+    if warped is None:
+        raise ValueError("the posewarper tracker needs the warped poses (warp_previous_poses)")
+
+    def oks(vi: int, t: int) -> np.ndarray:
+        xy, has = warped[(vi, t)]
+        now_xy, now_has, boxes = tracker.pose_arrays(pred.videos[vi].frames[t].people, min_score)
+        return tracker.oks_matrix(xy, has, now_xy, now_has, boxes[:, 2] * boxes[:, 3])
+
+    return tracker.track_dataset(pred, oks, oks_threshold)
+
+
+def keep_confident_joints(pred: VideoDataset, min_score: float) -> VideoDataset:
+    """A copy of ``pred`` whose joints scoring below ``min_score`` are unlabeled (how poses
+    are written for tracking evaluation: poseval counts every written joint)."""
+    videos = []
+    for video in pred.videos:
+        frames = []
+        for f in video.frames:
+            people = []
+            for p in f.people:
+                kp = np.asarray(p.keypoints, np.float32).copy()
+                drop = _joint_scores(p) < min_score
+                kp[drop] = 0.0
+                people.append(dataclasses.replace(p, keypoints=kp))
+            frames.append(dataclasses.replace(f, people=people))
+        videos.append(dataclasses.replace(video, frames=frames))
+    return dataclasses.replace(pred, videos=videos)
