@@ -350,6 +350,16 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
     )
     extra_tables["posewarper_aggregation_causal"] = causal
 
+    # ------------------------------------------------------------------ tracking
+    # Detect and track: the aggregation's poses linked by the PoseWarper motion model and by
+    # box IoU, scored with poseval's tracking metrics (apps.detect_track.job_tracking).
+    from posewarper_jax.apps import detect_track
+
+    tracking = detect_track.job_tracking(
+        model, stage2, val, preds["detection"]["posewarper_aggregation"], eval_cfg,
+        workdir=workdir, flip_test=flip, mesh=mesh, timing=timing, log=_log,
+    )  # fmt: skip
+
     # ------------------------------------------------------------------ augmentation
     pseudo_file = os.path.join(workdir, "pseudo_labels")
     if os.path.isdir(pseudo_file) and os.path.exists(os.path.join(pseudo_file, "done.json")):
@@ -388,6 +398,7 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
         "predictions": paths,
         "extra": {
             "detection": extra_tables,
+            "tracking": tracking,
             "counts": {
                 "train_labeled_frames": _count_labeled(train),
                 "pseudo_labeled_frames": num_pseudo,

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from user_video import ROOT, ground_truth, shared_workdir, write_test_video
+from user_video import ROOT, ground_truth, shared_workdir, tiny_config, write_test_video
 
 from posewarper_jax import track as track_cli
 from posewarper_jax.apps import detect_track, tracker
@@ -196,3 +196,48 @@ def test_track_command_bad_boxes(tmp_path, capsys):
     assert code == 2 and err.startswith("error: ") and str(path) in err
     assert "none of its 1 records matches" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_job_tracking_rows_files_and_report_table(tmp_path):
+    """The main job's tracking rows on the tiny synthetic validation video: ground-truth
+    poses as the detections, both trackers, files written and read back, and the report's
+    table."""
+    from posewarper_jax import experiment
+    from posewarper_jax.apps import report, trained
+
+    root = str(tmp_path / "data")
+    config = tiny_config(**{"data.root": root})
+    experiment.ensure_data(config, progress=False)
+    val = experiment.load_split(config, "val")
+    poses = copy.deepcopy(val)
+    for frame in (f for v in poses.videos for f in v.frames):
+        for p in frame.people:
+            p.keypoint_scores = np.where(p.keypoints[:, 2] > 0, 0.9, 0.0).astype(np.float32)
+    loaded = trained.load_trained(shared_workdir()[0])
+    workdir = str(tmp_path / "run")
+    timing = {}
+    rows = detect_track.job_tracking(
+        loaded.model, loaded.variables, val, poses, loaded.pipeline_config(), workdir=workdir,
+        timing=timing, log=lambda m: None,
+    )  # fmt: skip
+    assert list(rows) == ["posewarper", "iou"] and set(timing) == {
+        "tracking.posewarper", "tracking.iou"}  # fmt: skip
+    # Ground-truth poses on ground-truth boxes, 25 frames a second: both trackers link
+    # everyone, so every predicted joint is a match (poseval counts per joint).
+    for row in rows.values():
+        assert row["MOTA"] == pytest.approx(100.0) and row["switches"] == 0
+        assert row["Prec"] == pytest.approx(100.0) and row["Rec"] == pytest.approx(100.0)
+    for name in rows:
+        assert os.path.exists(os.path.join(workdir, "eval", f"tracking_{name}.json"))
+        files = os.listdir(os.path.join(workdir, "predictions", "tracking", name))
+        assert len(files) == len(val.videos)
+    # Finished rows are read back, not recomputed.
+    again = detect_track.job_tracking(None, None, val, poses, None, workdir=workdir)
+    assert again == rows
+    rows["iou"]["MOTA"] = 50.0
+    md = report.render_markdown(
+        {"config": {}, "propagation": {}, "detection": {}, "extra": {"tracking": rows}}
+    )
+    assert "## Detect and track" in md
+    assert "| PoseWarper motion model (OKS to the warped previous poses) | **100.0** |" in md
+    assert "| Box IoU with the previous frame (no motion model) | 50.0 |" in md

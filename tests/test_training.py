@@ -181,6 +181,9 @@ def test_main_job_evaluates_and_writes_every_row_of_the_report(data_root, tmp_pa
     for path in summary["report"]["figures"].values():
         assert os.path.getsize(path) > 0
     assert "| Method | Head |" in open(summary["report"]["markdown"]).read()
+    # Detect and track: both trackers' rows, and their table in report.md.
+    assert set(report["extra"]["tracking"]) == {"posewarper", "iou"}
+    assert "## Detect and track" in open(summary["report"]["markdown"]).read()
 
     # The diagnostics command reads the finished workdir; its flip-test row is the report's
     # PoseWarper row (same plan, same model, flip test on in both).

@@ -32,10 +32,12 @@ from posewarper_jax.data import pipeline as pipeline_lib
 from posewarper_jax.data.types import NUM_JOINTS, VideoDataset
 
 __all__ = [
+    "JOB_TRACKERS",
     "POSE_METHODS",
     "TRACKERS",
     "clear_track_ids",
     "detect_poses",
+    "job_tracking",
     "keep_confident_joints",
     "track",
     "warp_previous_poses",
@@ -201,3 +203,81 @@ def keep_confident_joints(pred: VideoDataset, min_score: float) -> VideoDataset:
             frames.append(dataclasses.replace(f, people=people))
         videos.append(dataclasses.replace(video, frames=frames))
     return dataclasses.replace(pred, videos=videos)
+
+
+JOB_TRACKERS = ("posewarper", "iou")
+
+
+def job_tracking(
+    model,
+    variables: Mapping[str, Any],
+    gt: VideoDataset,
+    poses: VideoDataset,
+    pipe_cfg: pipeline_lib.PipelineConfig,
+    *,
+    workdir: str,
+    flip_test: bool = False,
+    mesh: Mesh | None = None,
+    min_score: float = MIN_SCORE,
+    timing: dict | None = None,
+    log=print,
+) -> dict[str, dict[str, float]]:
+    """The main job's tracking rows: ``poses`` (its detection predictions on the validation
+    videos) tracked by each of ``JOB_TRACKERS``, joints scoring below ``min_score`` left
+    out, scored against ``gt`` with poseval's tracking metrics (``eval.tracking``).
+
+    Each tracker's predictions go to ``WORKDIR/predictions/tracking/<tracker>/`` and its
+    metrics to ``WORKDIR/eval/tracking_<tracker>.json``; a tracker whose metrics file exists
+    is read back, not run again. Returns ``{tracker: {"MOTA", "MOTP", "Prec", "Rec",
+    "switches", "misses", "false_positives"}}`` (totals; percent, counts summed over joints).
+    """
+    import json
+    import os
+    import time
+
+    import jax
+
+    from posewarper_jax.eval.predictions import write_poseval_predictions
+    from posewarper_jax.eval.tracking import posetrack_tracking
+
+    cleared = clear_track_ids(poses)
+    warped = None
+    out = {}
+    for name in JOB_TRACKERS:
+        path = os.path.join(workdir, "eval", f"tracking_{name}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                out[name] = json.load(f)
+            continue
+        t = time.perf_counter()
+        if name == "posewarper" and warped is None:
+            warped = warp_previous_poses(
+                model, variables, cleared, pipe_cfg, min_score=min_score, flip_test=flip_test,
+                mesh=mesh,
+            )  # fmt: skip
+        tracked = track(cleared, name, warped=warped, min_score=min_score)
+        tracked = keep_confident_joints(tracked, min_score)
+        mot = posetrack_tracking(gt, tracked)
+        counts = mot["counts"]
+        row = {
+            "MOTA": mot["total"]["mota"],
+            "MOTP": mot["total"]["motp"],
+            "Prec": mot["total"]["precision"],
+            "Rec": mot["total"]["recall"],
+            "switches": int(sum(counts["num_switches"])),
+            "misses": int(sum(counts["num_misses"])),
+            "false_positives": int(sum(counts["num_false_positives"])),
+        }
+        out[name] = row
+        if timing is not None:
+            timing[f"tracking.{name}"] = time.perf_counter() - t
+        if jax.process_index() == 0:
+            write_poseval_predictions(
+                tracked, gt, os.path.join(workdir, "predictions", "tracking", name)
+            )
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                json.dump(row, f, indent=2)
+            os.replace(path + ".tmp", path)
+        log(f"[tracking] {name}: MOTA {row['MOTA']:.1f} MOTP {row['MOTP']:.1f}")
+    return out

@@ -379,6 +379,11 @@ def render_markdown(report: Mapping[str, Any], workdir: str = ".") -> str:
         out += [markdown_table(report[section], METHOD_LABELS), ""]
     predictions = extra.pop("predictions", None)
     figures = extra.pop("figures", None)
+    tracking = extra.pop("tracking", None)
+    if tracking:
+        from posewarper_jax.eval.tracking import TRACKING_TITLE, markdown_tracking_table
+
+        out += [f"## {TRACKING_TITLE}", "", markdown_tracking_table(tracking), ""]
     tables = {k: v for k, v in extra.items() if _is_table(v)}
     if tables:
         out += ["## Other results (mAP, %)", "", markdown_table(tables), ""]

@@ -59,8 +59,10 @@ from posewarper_jax.eval.posetrack_map import (
 __all__ = [
     "MOT_COLUMNS",
     "MOT_COUNTS",
+    "TRACKING_TITLE",
     "format_mot_table",
     "frame_mot_inputs",
+    "markdown_tracking_table",
     "mot_columns",
     "mot_summary",
     "posetrack_tracking",
@@ -278,3 +280,32 @@ def format_mot_table(summary: dict, title: str = "Multiple Object Tracking (MOT)
     cells = ["{:>5}".format(f"{cols[name]:1.1f}") for name in MOT_COLUMNS]
     row = "&" + " &".join(cells[:-1]) + " &" + cells[-1] + " \\\\"
     return "\n".join([title, header, row]) if title else "\n".join([header, row])
+
+
+TRACKING_TITLE = "Detect and track (validation videos; poseval's MOTA, MOTP, precision, recall)"
+TRACKER_LABELS = {
+    "posewarper": "PoseWarper motion model (OKS to the warped previous poses)",
+    "iou": "Box IoU with the previous frame (no motion model)",
+}
+
+
+def markdown_tracking_table(rows: dict[str, dict[str, float]], labels: dict | None = None) -> str:
+    """A Markdown table of tracking rows ``{name: {"MOTA", "MOTP", "Prec", "Rec",
+    "switches"}}`` (percent; identity switches summed over the joints); the best MOTA bold."""
+    labels = TRACKER_LABELS if labels is None else labels
+    best = max((r["MOTA"] for r in rows.values() if r.get("MOTA") is not None), default=None)
+    lines = [
+        "| Tracker | MOTA | MOTP | Prec | Rec | ID switches |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in rows.items():
+        cells = []
+        for key in ("MOTA", "MOTP", "Prec", "Rec"):
+            v = r.get(key)
+            text = "n/a" if v is None or v != v else f"{v:.1f}"
+            if key == "MOTA" and len(rows) > 1 and v is not None and round(v, 1) == round(best, 1):
+                text = f"**{text}**"
+            cells.append(text)
+        cells.append(str(r.get("switches", "")))
+        lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
