@@ -1,9 +1,10 @@
 """HRNet: structure, parameter counts, torch-key mapping, and numerics against a torch port.
 
 The reference is a compact PyTorch re-implementation of the official ``PoseHighResolutionNet``
-(``lib/models/pose_hrnet.py``) written here from torch primitives, with the stem width,
-layer1 depth, module and block counts made configurable. Its ``state_dict`` keys come from
-torch itself, so they check the key mapping too.
+(``lib/models/pose_hrnet.py``) written from torch primitives, with the stem width, layer1
+depth, module and block counts made configurable: ``TorchHRNet`` in
+``benchmarks/torch_posewarper.py``. Its ``state_dict`` keys come from torch itself, so they
+check the key mapping too.
 """
 
 from __future__ import annotations
@@ -35,137 +36,11 @@ from posewarper_jax.models.hrnet import (
 torch = pytest.importorskip("torch")
 tnn = torch.nn
 
+from benchmarks.torch_posewarper import TorchHRNet  # noqa: E402  (needs torch)
+
 TINY = get_hrnet_config("tiny")
 
-# ----------------------------------------------------------------------------- torch port
-
-
-def _conv_bn(cin, cout, k, stride, relu):
-    layers = [tnn.Conv2d(cin, cout, k, stride, k // 2, bias=False), tnn.BatchNorm2d(cout)]
-    return tnn.Sequential(*layers, *([tnn.ReLU()] if relu else []))
-
-
-class _TBasic(tnn.Module):
-    def __init__(self, cin, planes):
-        super().__init__()
-        self.conv1 = tnn.Conv2d(cin, planes, 3, 1, 1, bias=False)
-        self.bn1 = tnn.BatchNorm2d(planes)
-        self.conv2 = tnn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = tnn.BatchNorm2d(planes)
-        self.downsample = _conv_bn(cin, planes, 1, 1, False) if cin != planes else None
-
-    def forward(self, x):
-        y = torch.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
-class _TBottleneck(tnn.Module):
-    def __init__(self, cin, planes):
-        super().__init__()
-        self.conv1 = tnn.Conv2d(cin, planes, 1, bias=False)
-        self.bn1 = tnn.BatchNorm2d(planes)
-        self.conv2 = tnn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = tnn.BatchNorm2d(planes)
-        self.conv3 = tnn.Conv2d(planes, 4 * planes, 1, bias=False)
-        self.bn3 = tnn.BatchNorm2d(4 * planes)
-        self.downsample = _conv_bn(cin, 4 * planes, 1, 1, False) if cin != 4 * planes else None
-
-    def forward(self, x):
-        y = torch.relu(self.bn1(self.conv1(x)))
-        y = torch.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
-class _TModule(tnn.Module):
-    def __init__(self, ch, num_blocks, multi_scale_output):
-        super().__init__()
-        n = len(ch)
-        self.branches = tnn.ModuleList(
-            tnn.Sequential(*[_TBasic(c, c) for _ in range(num_blocks)]) for c in ch
-        )
-        rows = []
-        for i in range(n if multi_scale_output else 1):
-            row = []
-            for j in range(n):
-                if j > i:
-                    row.append(
-                        tnn.Sequential(
-                            tnn.Conv2d(ch[j], ch[i], 1, 1, 0, bias=False),
-                            tnn.BatchNorm2d(ch[i]),
-                            tnn.Upsample(scale_factor=2 ** (j - i), mode="nearest"),
-                        )
-                    )
-                elif j == i:
-                    row.append(None)
-                else:
-                    steps = [
-                        _conv_bn(ch[j], ch[i] if k == i - j - 1 else ch[j], 3, 2, k < i - j - 1)
-                        for k in range(i - j)
-                    ]
-                    row.append(tnn.Sequential(*steps))
-            rows.append(tnn.ModuleList(row))
-        self.fuse_layers = tnn.ModuleList(rows)
-
-    def forward(self, xs):
-        xs = [b(x) for b, x in zip(self.branches, xs)]
-        outs = []
-        for i, row in enumerate(self.fuse_layers):
-            y = xs[0] if i == 0 else row[0](xs[0])
-            for j in range(1, len(xs)):
-                y = y + (xs[j] if i == j else row[j](xs[j]))
-            outs.append(torch.relu(y))
-        return outs
-
-
-class TorchHRNet(tnn.Module):
-    """The official network's structure and forward, parameterised by an ``HRNetConfig``."""
-
-    def __init__(self, cfg: HRNetConfig):
-        super().__init__()
-        s = cfg.stem_channels
-        self.conv1 = tnn.Conv2d(3, s, 3, 2, 1, bias=False)
-        self.bn1 = tnn.BatchNorm2d(s)
-        self.conv2 = tnn.Conv2d(s, s, 3, 2, 1, bias=False)
-        self.bn2 = tnn.BatchNorm2d(s)
-        self.layer1 = tnn.Sequential(
-            *[_TBottleneck(s if b == 0 else 4 * s, s) for b in range(cfg.layer1_blocks)]
-        )
-        pre = [4 * s]
-        self.num_branches = []
-        for k in range(3):
-            cur = [cfg.width * 2**b for b in range(k + 2)]
-            trans = []
-            for i, c in enumerate(cur):
-                if i < len(pre):
-                    trans.append(_conv_bn(pre[i], c, 3, 1, True) if c != pre[i] else None)
-                else:
-                    steps = [
-                        _conv_bn(pre[-1], c if j == i - len(pre) else pre[-1], 3, 2, True)
-                        for j in range(i + 1 - len(pre))
-                    ]
-                    trans.append(tnn.Sequential(*steps))
-            setattr(self, f"transition{k + 1}", tnn.ModuleList(trans))
-            n_mod = cfg.num_modules[k]
-            mods = [_TModule(cur, cfg.num_blocks, k < 2 or m < n_mod - 1) for m in range(n_mod)]
-            setattr(self, f"stage{k + 2}", tnn.Sequential(*mods))
-            self.num_branches.append(len(cur))
-            pre = cur
-        fk = cfg.final_conv_kernel
-        self.final_layer = tnn.Conv2d(cfg.width, cfg.num_joints, fk, 1, 1 if fk == 3 else 0)
-
-    def forward(self, x):
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        ys = [self.layer1(x)]
-        for k in range(3):
-            trans = getattr(self, f"transition{k + 1}")
-            xs = [
-                ys[i] if trans[i] is None else trans[i](ys[-1]) for i in range(self.num_branches[k])
-            ]
-            ys = getattr(self, f"stage{k + 2}")(xs)
-        return self.final_layer(ys[0])
+# ----------------------------------------------------------------------------- helpers
 
 
 def _randomize(model: tnn.Module, seed: int) -> None:
