@@ -28,6 +28,12 @@ __all__ = ["EXPECTED_ERRORS", "run_command", "staged", "staged_file"]
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, OSError, KeyError)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def staged(out_dir: str) -> Iterator[str]:
     """A temporary directory whose contents land in ``out_dir`` when the block succeeds."""
@@ -35,6 +41,7 @@ def staged(out_dir: str) -> Iterator[str]:
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", suffix=".tmp", dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would stay on a renamed directory
     try:
         yield tmp
     except BaseException:
@@ -66,6 +73,7 @@ def staged_file(path: str) -> Iterator[str]:
     stem, suffix = os.path.splitext(os.path.basename(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=folder)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would stay on the renamed file
     try:
         yield tmp
         if not os.path.isfile(tmp) or os.path.getsize(tmp) == 0:
