@@ -1,19 +1,20 @@
 """A video to try the video commands on: one synthetic clip as an .mp4, with its ground truth.
 
   python -m posewarper_jax.data.synthetic.clip make --out demo/clip.mp4 --gt demo/gt \\
-      [--seed 3] [--frames 40]
+      [--boxes demo/boxes.json] [--seed 3] [--frames 40]
   python -m posewarper_jax.data.synthetic.clip fill --template demo/job/labels_coco.json \\
       --gt demo/gt/clip.json --out demo/job/labels.json
 
 ``make`` renders one video of the embedded synthetic data set (``data.synthetic``: the
 default preset's people, scenes and camera, seed ``--seed``, ``--frames`` frames at 25 fps,
-320x240) and writes it as an mp4v video, with, in ``--gt``:
+320x240) and writes it as an mp4v video, with:
 
-  <clip>.json   its ground truth in PoseTrack18 (every frame labeled, track ids, head boxes;
-                frames named ``<clip>/%06d.png`` as ``propagate`` and ``track`` name them), the
-                ``--gt`` of ``python -m posewarper_jax.evaluate``
-  boxes.json    the ground-truth person boxes as a COCO results file (``image_id`` = frame
-                index + 1): a stand-in for a person detector, for ``track --boxes``
+  GT/<clip>.json   its ground truth in PoseTrack18 (every frame labeled, track ids, head
+                   boxes; frames named ``<clip>/%06d.png`` as ``propagate`` and ``track`` name
+                   them): the ``--gt`` directory of ``python -m posewarper_jax.evaluate``
+  BOXES            (default ``<clip>_boxes.json`` beside the video) the ground-truth person
+                   boxes as a COCO results file (``image_id`` = frame index + 1): a stand-in
+                   for a person detector, for ``track --boxes``
 
 ``fill`` plays the annotator: it fills an empty annotation file written by ``label`` (COCO
 keypoints) with the ground truth of its frames, as someone labeling them would.
@@ -40,7 +41,9 @@ from posewarper_jax.data.types import Frame, Video, VideoDataset
 __all__ = ["fill_labels", "main", "make_clip"]
 
 
-def make_clip(out: str, gt_dir: str, *, seed: int = 3, frames: int = 40) -> VideoDataset:
+def make_clip(
+    out: str, gt_dir: str, boxes_file: str = "", *, seed: int = 3, frames: int = 40
+) -> VideoDataset:
     """Renders the clip to ``out`` (mp4v) and its ground truth to ``gt_dir`` (module
     docstring); returns the ground truth."""
     if not out.lower().endswith(".mp4"):
@@ -81,9 +84,14 @@ def make_clip(out: str, gt_dir: str, *, seed: int = 3, frames: int = 40) -> Vide
     ]
     with staged(gt_dir) as tmp:
         posetrack.write_posetrack18(dataclasses.replace(gt, root=root), tmp)
-        with open(os.path.join(tmp, "boxes.json"), "w", encoding="utf-8") as f:
+    with staged_file(boxes_file or default_boxes_file(out)) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(boxes, f)
     return gt
+
+
+def default_boxes_file(out: str) -> str:
+    return os.path.splitext(out)[0] + "_boxes.json"
 
 
 def fill_labels(template: str, gt_file: str, out: str) -> int:
@@ -126,12 +134,12 @@ def fill_labels(template: str, gt_file: str, out: str) -> int:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "make":
-        gt = make_clip(args.out, args.gt, seed=args.seed, frames=args.frames)
+        gt = make_clip(args.out, args.gt, args.boxes, seed=args.seed, frames=args.frames)
         video = gt.videos[0]
         people = len({p.track_id for f in video.frames for p in f.people})
         print(f"{args.out}: {video.nframes} frames, {people} people (seed {args.seed})")
         print(f"ground truth: {os.path.join(args.gt, video.name + '.json')}")
-        print(f"person boxes: {os.path.join(args.gt, 'boxes.json')}")
+        print(f"person boxes: {args.boxes or default_boxes_file(args.out)}")
     else:
         n = fill_labels(args.template, args.gt, args.out)
         print(f"{args.out}: {n} people labeled")
@@ -146,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     make = sub.add_parser("make", help="render a clip and its ground truth")
     make.add_argument("--out", required=True, help="the video file (.mp4)")
     make.add_argument("--gt", required=True, help="directory for the ground truth")
+    make.add_argument("--boxes", default="", help="person boxes file (<clip>_boxes.json)")
     make.add_argument("--seed", type=int, default=3)
     make.add_argument("--frames", type=int, default=40)
     fill = sub.add_parser("fill", help="fill label's annotation file with the ground truth")
