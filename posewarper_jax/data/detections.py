@@ -44,8 +44,9 @@ def load_detections(
       A ``VideoDataset`` with the same videos and frames as ``dataset`` (paths, indices, image
       ids, ``is_labeled``, ignore regions), whose ``people`` are the detections in file order:
       keypoints all zero ``[17, 3]``, ``bbox`` float32 [4] (x, y, w, h), ``score`` the box score,
-      ``annotation_id`` the record's position in the file. Boxes with w <= 0 or h <= 0 are
-      dropped (they cannot be cropped). Records of images not in ``dataset`` are skipped, so
+      ``annotation_id`` the record's position in the file. Boxes with w = 0 or h = 0 are
+      dropped (they cannot be cropped); a negative size, a NaN or infinite number is an
+      ``AnnotationError`` naming the record. Records of images not in ``dataset`` are skipped, so
       one file for a whole split serves any subset of it; if no record matches any frame,
       ``AnnotationError`` is raised (the ids are likely from another annotation set).
     """
@@ -90,6 +91,11 @@ def load_detections(
             _get(record, "image_id", where)  # Raises: no way to place this record.
         score = _number(_get(record, "score", where), where, "score")
         box = _numbers(_get(record, "bbox", where), where, "bbox", 4).astype(np.float32)
+        if box[2] < 0 or box[3] < 0:
+            raise AnnotationError(
+                f"{where}: field 'bbox' {box.tolist()} has a negative width or height "
+                "(expected [x, y, w, h] with w, h >= 0)"
+            )
         if frame is None:
             continue
         matched += 1

@@ -53,6 +53,7 @@ import re
 
 import numpy as np
 
+from posewarper_jax.cli import ExpectedError
 from posewarper_jax.data.types import (
     JOINT_NAMES,
     NUM_JOINTS,
@@ -84,7 +85,7 @@ _LEADING_NUMBER = re.compile(r"^(\d+)")
 FORMATS = ("posetrack18", "posetrack17", "coco")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(ValueError, ExpectedError):
     """Bad annotation input. The message names the file, the record and the field at fault."""
 
 
@@ -153,13 +154,17 @@ def _get(record, field: str, where: str):
 
 
 def _number(value, where: str, field: str) -> float:
+    """A finite number; NaN and infinities (which Python's JSON reader accepts) are errors."""
     value = _unwrap(value)
     if isinstance(value, bool) or value is None:
         raise AnnotationError(f"{where}: field '{field}' is not a number: {value!r}")
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise AnnotationError(f"{where}: field '{field}' is not a number: {value!r}") from None
+    if not np.isfinite(number):
+        raise AnnotationError(f"{where}: field '{field}' is {number}, not a finite number")
+    return number
 
 
 def _integer(value, where: str, field: str) -> int:
@@ -172,20 +177,42 @@ def _integer(value, where: str, field: str) -> int:
     return int(number)
 
 
-def _numbers(value, where: str, field: str, count: int | None = None) -> np.ndarray:
+def _numbers(
+    value, where: str, field: str, count: int | None = None, *, finite: bool = True
+) -> np.ndarray:
+    """A flat list of numbers; with ``finite`` (the default) NaN and infinities are errors
+    naming the position."""
     if not isinstance(value, list):
         raise AnnotationError(f"{where}: field '{field}' must be a list of numbers")
     if count is not None and len(value) != count:
         raise AnnotationError(
             f"{where}: field '{field}' holds {len(value)} numbers, expected {count}"
         )
+    array = None
     try:  # Fast path: a flat list of numbers.
         array = np.asarray(value, np.float64)
-        if array.ndim == 1:
-            return array
+        if array.ndim != 1 or any(isinstance(v, bool) or v is None for v in value):
+            array = None
     except (TypeError, ValueError):
-        pass
-    return np.array([_number(v, where, field) for v in value], np.float64)
+        array = None
+    if array is None:
+        array = np.array([_number(_unwrap(v), where, field) for v in value], np.float64)
+    if finite and not np.all(np.isfinite(array)):
+        i = int(np.argmax(~np.isfinite(array)))
+        raise AnnotationError(
+            f"{where}: field '{field}' holds {array[i]} at position {i}, not a finite number"
+        )
+    return array
+
+
+def _box_size_checked(box: np.ndarray, where: str, field: str) -> np.ndarray:
+    """A box ``[x, y, w, h]`` whose width and height are not negative."""
+    if box[2] < 0 or box[3] < 0:
+        raise AnnotationError(
+            f"{where}: field '{field}' {box.tolist()} has a negative width or height "
+            "(expected [x, y, w, h] with w, h >= 0)"
+        )
+    return box
 
 
 def _flag(value) -> bool:
@@ -257,8 +284,25 @@ def _flat_keypoints(values, slots: np.ndarray, where: str, annotation_id, rule: 
             f"{where} (annotation id {annotation_id}): 'keypoints' holds {found} numbers, "
             f"expected {3 * len(slots)} ({len(slots)} joints x (x, y, v))"
         )
-    array = _numbers(values, f"{where} (annotation id {annotation_id})", "keypoints")
-    array = array.reshape(len(slots), 3)
+    where = f"{where} (annotation id {annotation_id})"
+    array = _numbers(values, where, "keypoints", finite=False).reshape(len(slots), 3)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        j, c = (int(i) for i in np.argwhere(bad)[0])
+        name = JOINT_NAMES[slots[j]] if slots[j] >= 0 else f"joint {j}"
+        raise AnnotationError(
+            f"{where}: 'keypoints' of joint {j} ({name}) has {'xyv'[c]} = {array[j, c]}, "
+            "not a finite number"
+        )
+    flags = array[:, 2]
+    odd = ~np.isin(flags, (0.0, 1.0, 2.0))
+    if odd.any():
+        j = int(np.argmax(odd))
+        name = JOINT_NAMES[slots[j]] if slots[j] >= 0 else f"joint {j}"
+        raise AnnotationError(
+            f"{where}: 'keypoints' of joint {j} ({name}) has visibility flag v = {flags[j]:g}; "
+            "expected 0, 1 or 2 (a prediction's joint confidences go in 'scores')"
+        )
     if rule == "posetrack":
         labeled = np.any(array != 0, axis=1)
     else:
@@ -272,7 +316,7 @@ def _flat_keypoints(values, slots: np.ndarray, where: str, annotation_id, rule: 
 def _box(value, where: str, field: str) -> np.ndarray | None:
     if value is None or (isinstance(value, list) and not value):
         return None
-    return _numbers(value, where, field, 4).astype(np.float32)
+    return _box_size_checked(_numbers(value, where, field, 4), where, field).astype(np.float32)
 
 
 def _relative_name(path: str, root: str) -> str:
@@ -544,6 +588,11 @@ def _head_box_from_corners(rect: dict, where: str) -> np.ndarray | None:
     if not all(k in rect for k in ("x1", "y1", "x2", "y2")):
         return None
     x1, y1, x2, y2 = (_number(rect[k], where, k) for k in ("x1", "y1", "x2", "y2"))
+    if x2 < x1 or y2 < y1:
+        raise AnnotationError(
+            f"{where}: head box corners x1={x1:g}, y1={y1:g}, x2={x2:g}, y2={y2:g}: the "
+            "bottom-right corner (x2, y2) lies left of or above (x1, y1)"
+        )
     # Width from the float32-rounded corner, so that writing x1 + w back reads back exactly.
     x1, y1 = float(np.float32(x1)), float(np.float32(y1))
     return np.array([x1, y1, x2 - x1, y2 - y1], np.float32)
@@ -569,6 +618,12 @@ def _posetrack17_person(rect, where: str) -> Person:
         if joint in seen:
             continue  # The first one counts, as in the official evaluation.
         seen.add(joint)
+        if "is_visible" in point:
+            visible = _number(point["is_visible"], pwhere, "is_visible")
+            if visible not in (0.0, 1.0, 2.0):
+                raise AnnotationError(
+                    f"{pwhere}: field 'is_visible' is {visible:g}; expected 0, 1 or 2"
+                )
         slot = PT17_TO_PT18[joint]
         keypoints[slot] = (
             _number(_get(point, "x", pwhere), pwhere, "x"),
@@ -845,10 +900,10 @@ def _output_names(dataset: VideoDataset) -> list[str]:
 
 
 def _write_json(path: str, data) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data))  # One-shot dumps uses the C encoder.
-    os.replace(tmp, path)
+    from posewarper_jax import fileio
+
+    # One-shot dumps uses the C encoder; written whole or not at all.
+    fileio.atomic_write(path, json.dumps(data))
 
 
 def _default_vid_id(name: str) -> str:

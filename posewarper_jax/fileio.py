@@ -1,0 +1,53 @@
+"""Result files written whole or not at all.
+
+``atomic_write`` writes ``PATH.tmp`` and renames it over ``PATH``: a process killed at any
+moment leaves either the old file or the new one, never a part. A write that fails for lack
+of space, quota or permission raises ``cli.WriteError`` naming the file (the temporary file
+is removed, the old ``PATH`` is untouched); a resumed job then finds every result finished
+before. The rename is not followed by ``fsync``: a killed process loses nothing, a power cut
+may lose the last files written (and the job then writes them again).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from posewarper_jax import cli
+
+
+def _write(f, data: str | bytes) -> None:
+    """The one place result bytes reach a file (tests replace it to simulate a full disk)."""
+    f.write(data)
+
+
+def atomic_write(path: str, data: str | bytes, *, what: str = "") -> None:
+    """Writes ``data`` to ``path`` atomically (see the module docstring).
+
+    Raises:
+      cli.WriteError: the storage refused (no space, quota, read-only, permission).
+    """
+    path = os.fspath(path)
+    tmp = f"{path}.tmp"
+    try:
+        folder = os.path.dirname(path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        binary = isinstance(data, bytes)
+        with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
+            _write(f, data)
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if cli.storage_error(err):
+            raise cli.write_error(path, err, what) from err
+        raise
+
+
+def write_json(path: str, data: Any, *, indent: int | None = 2, what: str = "") -> None:
+    """``data`` as JSON at ``path``, atomically (``atomic_write``)."""
+    atomic_write(path, json.dumps(data, indent=indent), what=what)
