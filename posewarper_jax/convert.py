@@ -67,6 +67,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from posewarper_jax import cli
+from posewarper_jax.cli import ExpectedError
 from posewarper_jax.models.hrnet import (
     HRNET_VARIANTS,
     HRNetConfig,
@@ -110,15 +112,51 @@ _MMPOSE_TRANS = "neck.trans_layer."
 _MMPOSE_TOPDOWN = "keypoint_head.final_layer."
 
 
-class ConversionError(ValueError):
-    """A state_dict that does not match the network; ``problems`` lists every offence."""
+_KEY_KINDS = ("missing", "unknown", "mis-shaped")
 
-    def __init__(self, problems: Sequence[str], source: str | None = None):
+
+class WeightFileError(ValueError, ExpectedError):
+    """A weight file that cannot be read (empty, truncated, damaged, not a checkpoint) or an
+    output that cannot be written; the message names the file and the reason."""
+
+
+class ConversionError(ValueError, ExpectedError):
+    """A state_dict that does not match the network; ``problems`` lists every offence.
+
+    ``details`` summarises them in a few lines for the command line (``SHOW_ALL`` problems or
+    fewer are listed one by one; more are counted by kind with examples).
+    """
+
+    SHOW_ALL = 12
+
+    def __init__(
+        self, problems: Sequence[str], source: str | None = None, matching: int | None = None
+    ):
         self.problems = list(problems)
         self.source = source
+        self.matching = matching  # how many of the source's keys the network has, if known
         what = source if source is not None else "the state_dict"
         lines = "\n".join(f"  {p}" for p in self.problems)
         super().__init__(f"cannot convert {what}: {len(self.problems)} problem(s)\n{lines}")
+
+    @property
+    def details(self) -> list[str]:
+        if len(self.problems) <= self.SHOW_ALL:
+            return list(self.problems)
+        kinds: dict[str, list[str]] = {}
+        for p in self.problems:
+            kind = p.split(" key ")[0] + " key" if p.split(" key ")[0] in _KEY_KINDS else "value"
+            kinds.setdefault(kind, []).append(p)
+        out = []
+        if self.matching == 0:
+            out.append(
+                "none of its keys belongs to an HRNet or PoseWarper state_dict (official, "
+                "PoseWarper or mmpose layout): is it a pose model's weights?"
+            )
+        for kind, items in kinds.items():
+            examples = "; ".join(items[:2])
+            out.append(f"{len(items)} x {kind}, e.g. {examples}")
+        return out + ["(--debug lists every problem)"]
 
 
 # ----------------------------------------------------------------------------- reading
@@ -179,9 +217,75 @@ def _numpy_safe_globals() -> list:
     return allowed
 
 
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
+_PICKLE_PROTO = 0x80  # the first opcode of a pickle of protocol 2 or later (torch's legacy)
+
+
+def _zip_problem(path: str, kind: str) -> str | None:
+    """Why the zip archive at ``path`` (torch's format or .npz) does not read, or None."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return (
+            f"is truncated or damaged: a {kind} zip archive without its central directory "
+            "(the file was cut short); fetch or copy it again"
+        )
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()  # every member's CRC
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f"is damaged ({kind} zip archive: {e}); fetch or copy it again"
+    if bad is not None:
+        return f"is damaged: member {bad!r} of its zip archive fails its CRC check; fetch it again"
+    if kind == "torch" and not any(n.endswith("data.pkl") for n in names):
+        shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+        return f"is a zip archive but not a PyTorch checkpoint (no data.pkl; holds {shown})"
+    return None
+
+
+def _first_bytes(head: bytes) -> str:
+    return " ".join(f"{b:02x}" for b in head[:8]) or "none"
+
+
+def _read_npz(path: str, head: bytes) -> dict[str, Any]:
+    if head.startswith(_NPY_MAGIC):
+        raise WeightFileError(
+            f"{path}: is a single .npy array, not an .npz archive of a state_dict (write one "
+            "with np.savez(path, **{key: tensor.numpy() for key, tensor in state_dict.items()}))"
+        )
+    if not head.startswith(_ZIP_MAGIC):
+        raise WeightFileError(
+            f"{path}: is not an .npz archive (no zip header; first bytes {_first_bytes(head)})"
+        )
+    problem = _zip_problem(path, ".npz")
+    if problem:
+        raise WeightFileError(f"{path}: {problem}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "pickled" in str(e):
+            raise WeightFileError(
+                f"{path}: holds object arrays (pickled Python objects), not plain numeric "
+                "arrays; save the state_dict's tensors as NumPy arrays (tensor.numpy())"
+            ) from e
+        raise WeightFileError(f"{path}: cannot be read as .npz: {e}") from e
+    except (OSError, EOFError) as e:
+        raise WeightFileError(f"{path}: is damaged ({e}); fetch or copy it again") from e
+    return prepare_state_dict(arrays, path)
+
+
 def read_checkpoint(path: str | os.PathLike, unsafe_pickle: bool = False) -> dict[str, Any]:
     """Read a ``.pth``/``.pt`` (torch) or ``.npz`` file into ``{key: ndarray}`` (see
     ``prepare_state_dict``). PyTorch is imported here, only for torch files.
+
+    The file is looked at before it is unpickled, so that the error says what is wrong: empty,
+    truncated (a zip archive without its central directory, a pickle that ends early),
+    damaged (a member failing its CRC check), not a checkpoint at all (neither torch's zip
+    format nor a pickle), or a valid pickle holding objects other than tensors, the only case
+    where ``--unsafe-pickle`` can help.
 
     Args:
       path: the file.
@@ -190,26 +294,36 @@ def read_checkpoint(path: str | os.PathLike, unsafe_pickle: bool = False) -> dic
         refuses.
 
     Raises:
-      ValueError: unreadable file, missing PyTorch, or a file that is not a state_dict.
+      WeightFileError: unreadable file, missing PyTorch, or a file that is not a state_dict.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"checkpoint file {path!r} does not exist")
+        raise WeightFileError(f"checkpoint file {path!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise WeightFileError(
+            f"{path}: is empty (0 bytes); the download or copy did not finish, fetch it again"
+        )
     if path.endswith(".npz"):
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                return prepare_state_dict({k: data[k] for k in data.files}, path)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read {path!r} as .npz: {e}") from e
+        return _read_npz(path, head)
+    if head.startswith(_ZIP_MAGIC):
+        problem = _zip_problem(path, "torch")
+        if problem:
+            raise WeightFileError(f"{path}: {problem}")
+    elif head[0] != _PICKLE_PROTO:
+        kind = "an .npy array" if head.startswith(_NPY_MAGIC) else "random or other data"
+        raise WeightFileError(
+            f"{path}: is not a PyTorch checkpoint (neither torch's zip format nor a pickle; "
+            f"first bytes {_first_bytes(head)}: {kind})"
+        )
     try:
         import torch
     except ImportError:
-        raise ValueError(
+        raise WeightFileError(
             f"reading {path!r} needs PyTorch (pip install 'posewarper_jax[convert]'); "
             "without it, save the state_dict's arrays to an .npz file and convert that"
         ) from None
-    import pickle
-
     try:
         if unsafe_pickle:
             obj = torch.load(path, map_location="cpu", weights_only=False)
@@ -218,18 +332,25 @@ def read_checkpoint(path: str | os.PathLike, unsafe_pickle: bool = False) -> dic
             safe = getattr(torch.serialization, "safe_globals", None)
             with safe(_numpy_safe_globals()) if safe else contextlib.nullcontext():
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower():
-            raise ValueError(f"cannot read {path!r} with torch.load: {e}") from e
+    except Exception as e:  # torch raises many types for a broken file; all are reported
         refused = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        raise ValueError(
-            f"{path!r} holds objects other than tensors, numbers, strings and NumPy arrays "
-            f"(refused: {', '.join(refused) or 'see the cause'}), which the restricted loader "
-            "does not unpickle; if you trust the file, convert with --unsafe-pickle "
-            "(unsafe_pickle=True)"
+        if refused and not unsafe_pickle:
+            raise WeightFileError(
+                f"{path!r} holds objects other than tensors, numbers, strings and NumPy "
+                f"arrays (refused: {', '.join(refused)}), which the restricted loader does "
+                "not unpickle; if you trust the file, convert with --unsafe-pickle "
+                "(unsafe_pickle=True)"
+            ) from e
+        text = " ".join(str(e).split())
+        if isinstance(e, EOFError) or "truncated" in text or "EOF" in text:
+            raise WeightFileError(
+                f"{path}: is truncated (the pickle ends early: {text or type(e).__name__}); "
+                "fetch or copy it again"
+            ) from e
+        raise WeightFileError(
+            f"{path}: cannot be read as a PyTorch checkpoint "
+            f"({type(e).__name__}: {text[:200] or 'no message'})"
         ) from e
-    except (OSError, RuntimeError, EOFError) as e:
-        raise ValueError(f"cannot read {path!r} with torch.load: {e}") from e
     return prepare_state_dict(obj, path)
 
 
@@ -580,7 +701,7 @@ def plan_conversion(
     if out_head is None and source_head is None and dilations is not None:
         problems.append(f"dilations {dilations} given, but there is no warping head")
     if problems:
-        raise ConversionError(problems, source)
+        raise ConversionError(problems, source, matching=len(set(shapes) & set(expected)))
 
     ignored = tuple(sorted(k for k in shapes if k in optional))
     head_keys_out = {k: w for k, w in head_map.items() if w is not None}
@@ -705,7 +826,7 @@ def _convert(
     try:
         plan = plan_conversion(shapes, source=source, **options)
     except ConversionError as e:
-        raise ConversionError(value_problems + e.problems, source) from None
+        raise ConversionError(value_problems + e.problems, source, e.matching) from None
     if value_problems:
         raise ConversionError(value_problems, source)
     return apply_plan(plan, sd, seed), plan
@@ -791,16 +912,33 @@ def save_converted(
     ``metadata`` as its custom metadata. Orbax writes to a temporary directory and renames
     it when complete, so a failed write leaves nothing at ``out``.
 
+    The write is synchronous: a failure raises here at once. (Orbax's asynchronous
+    ``StandardCheckpointer`` left threads waiting for the coordination timeout after a
+    failed write, so the process hung.)
+
     Raises:
-      ValueError: ``out`` exists and ``overwrite`` is False.
+      WeightFileError: ``out`` exists and ``overwrite`` is False, or its folder cannot be
+        written to.
+      cli.WriteError: the write failed for lack of space, quota or permission.
     """
     import orbax.checkpoint as ocp
 
+    from posewarper_jax import cli
+
     out = os.path.abspath(os.fspath(out))
     if os.path.exists(out) and not overwrite:
-        raise ValueError(f"output {out!r} exists; choose another path or overwrite")
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(out, dict(variables), force=overwrite, custom_metadata=dict(metadata))
+        raise WeightFileError(f"output {out!r} exists; choose another path or overwrite")
+    try:
+        cli.check_writable_dir(os.path.dirname(out), "the output's folder")
+    except cli.ExpectedError as e:
+        raise WeightFileError(str(e)) from e
+    try:
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
+            ckptr.save(out, dict(variables), force=overwrite, custom_metadata=dict(metadata))
+    except OSError as e:
+        if cli.storage_error(e):
+            raise cli.write_error(out, e, "the converted checkpoint") from e
+        raise WeightFileError(f"{out}: writing the converted checkpoint failed: {e}") from e
 
 
 def load_converted(path: str | os.PathLike, target: Any = None) -> tuple[dict, dict]:
@@ -858,7 +996,14 @@ def convert_file(
     """
     src = os.fspath(src)
     if out is not None and os.path.exists(out) and not overwrite:
-        raise ValueError(f"output {os.fspath(out)!r} exists; choose another path or overwrite")
+        raise WeightFileError(f"output {os.fspath(out)!r} exists; choose another path or overwrite")
+    if out is not None:  # before the work: an output that cannot be written fails at once
+        from posewarper_jax import cli
+
+        try:
+            cli.check_writable_dir(os.path.dirname(os.path.abspath(out)), "the output's folder")
+        except cli.ExpectedError as e:
+            raise WeightFileError(f"--out {os.fspath(out)}: {e}") from e
     state_dict = read_checkpoint(src, unsafe_pickle=unsafe_pickle)
     options = dict(layout=layout, target=target, variant=variant, num_joints=num_joints)
     options.update(dilations=dilations, head_config=head_config, head_variant=head_variant)
@@ -919,6 +1064,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load .pth files with full unpickling (runs code from the file: trusted files only)",
     )
+    cli.add_debug_flag(p)
     return p
 
 
@@ -927,25 +1073,27 @@ def _millions(n: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 on success)."""
+    """Command-line entry point; returns the exit status (0 on success, 2 on bad input: one
+    line ``error: ...`` naming the file and the reason; ``--debug`` shows the traceback)."""
     args = _parser().parse_args(argv)
-    try:
-        _, meta = convert_file(
-            args.src,
-            args.out,
-            layout=args.layout,
-            target=args.target,
-            variant=args.variant,
-            num_joints=args.num_joints,
-            dilations=args.dilations,
-            head_variant=args.head_variant,
-            seed=args.seed,
-            overwrite=args.overwrite,
-            unsafe_pickle=args.unsafe_pickle,
-        )
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    # The module reports bad input as ValueError throughout (option values too).
+    return cli.guarded(lambda: _run(args), debug=args.debug, expected=(ValueError,))
+
+
+def _run(args: argparse.Namespace) -> int:
+    _, meta = convert_file(
+        args.src,
+        args.out,
+        layout=args.layout,
+        target=args.target,
+        variant=args.variant,
+        num_joints=args.num_joints,
+        dilations=args.dilations,
+        head_variant=args.head_variant,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        unsafe_pickle=args.unsafe_pickle,
+    )
     h = meta["hrnet"]
     lines = [
         f"converted {args.src} -> {os.path.abspath(args.out)}",

@@ -463,7 +463,7 @@ def test_pth_official_wrapped_in_process(sd, converted, tmp_path, capsys):
         convert.convert_state_dict({"state_dict": wrapped}, dilations=HEAD.dilations), converted
     )
     # An existing output is refused.
-    assert convert.main(["--src", str(src), "--out", str(out), "--dilations", DIL]) == 1
+    assert convert.main(["--src", str(src), "--out", str(out), "--dilations", DIL]) == 2
     assert "exists" in capsys.readouterr().err
 
 
@@ -501,7 +501,7 @@ def test_npz_targets_and_fresh_head(sd, tmp_path, capsys):
         return convert.main(["--src", str(tmp_path / src), "--out", str(tmp_path / out), *args])
 
     fresh_args = ["--head-variant", "tiny", "--dilations", DIL, "--seed", "3"]
-    assert run("hrnet.npz", "a", *fresh_args) == 1  # target hrnet: no head to initialise
+    assert run("hrnet.npz", "a", *fresh_args) == 2  # target hrnet: no head to initialise
     err = capsys.readouterr().err
     assert "applies only to a freshly initialised head" in err and "no warping head" in err
     assert run("hrnet.npz", "b", "--target", "posewarper", *fresh_args) == 0
@@ -546,7 +546,7 @@ def test_unsafe_pickle_needs_the_flag(sd, tmp_path, capsys):
     state = {k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}
     torch.save({"state_dict": state, "args": argparse.Namespace(lr=1e-4)}, src)
     argv = ["--src", str(src), "--out", str(tmp_path / "o"), "--dilations", DIL]
-    assert convert.main(argv) == 1
+    assert convert.main(argv) == 2
     err = capsys.readouterr().err
     assert "argparse.Namespace" in err and "--unsafe-pickle" in err
     assert not (tmp_path / "o").exists()
@@ -581,7 +581,7 @@ def test_bad_keys_are_all_listed_and_nothing_is_written(sd, tmp_path, capsys):
     out = tmp_path / "out"
     assert (
         convert.main(["--src", str(tmp_path / "bad.npz"), "--out", str(out), "--dilations", DIL])
-        == 1
+        == 2
     )
     err = capsys.readouterr().err
     assert "bad.npz" in err and "7 problem(s)" in err
@@ -638,7 +638,7 @@ def test_import_does_not_import_torch():
 
 def test_pth_without_torch_says_so(tmp_path, monkeypatch):
     src = tmp_path / "model.pth"
-    src.write_bytes(b"not read")
+    src.write_bytes(b"\x80\x02not read")  # a pickle's first opcode, as torch's legacy files
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
     with pytest.raises(ValueError, match=r"model.pth.*needs PyTorch.*\.npz"):
         convert.read_checkpoint(src)
