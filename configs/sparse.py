@@ -42,26 +42,47 @@ import ml_collections as mlc
 PAPER_DILATIONS = (3, 6, 12, 18, 24)
 
 
+KNOWN_ARGS = ("runlocal", "scratch", "data", "root", "paper", "gpu", "smoke", "backbone", "V", "N")
+# Arguments with a value; every other known argument is a switch (``runlocal``,
+# ``runlocal=true``; off with ``runlocal=false`` or ``=0``).
+INT_ARGS = ("V", "N")
+STR_ARGS = ("data", "root", "backbone")
+_TRUE, _FALSE = ("", "1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _parse_arg(arg):
-    """'a=1,b,c=x' -> {'a': '1', 'b': True, 'c': 'x'}."""
+    """'a=1,b,c=x' -> {'a': 1, 'b': True, 'c': 'x'}: typed as ``INT_ARGS``, ``STR_ARGS`` and
+    switches say; ValueError naming the argument for an unknown one or a bad value."""
     out = {}
     for item in (arg or "").split(","):
         item = item.strip()
         if not item:
             continue
-        key, eq, value = item.partition("=")
-        out[key.strip()] = value.strip() if eq else True
+        key, eq, value = (x.strip() for x in item.partition("="))
+        if key not in KNOWN_ARGS:
+            raise ValueError(
+                f"configs/sparse.py: unknown argument {key!r}; known: {', '.join(KNOWN_ARGS)}"
+            )
+        if key in INT_ARGS:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise ValueError(f"configs/sparse.py: {item}: must be an integer") from None
+        elif key in STR_ARGS:
+            if not eq or not value:
+                raise ValueError(f"configs/sparse.py: {item}: needs a value ({key}=...)")
+            out[key] = value
+        elif value.lower() in _TRUE:
+            out[key] = True
+        elif value.lower() in _FALSE:
+            out[key] = False
+        else:
+            raise ValueError(f"configs/sparse.py: {item}: must be a boolean (true or false)")
     return out
-
-
-KNOWN_ARGS = ("runlocal", "scratch", "data", "root", "paper", "gpu", "smoke", "backbone", "V", "N")
 
 
 def get_config(arg=None):
     args = _parse_arg(arg)
-    unknown = sorted(set(args) - set(KNOWN_ARGS))
-    if unknown:
-        raise ValueError(f"configs/sparse.py: unknown argument(s) {unknown}; known: {KNOWN_ARGS}")
 
     c = mlc.ConfigDict()
     c.seed = 0
@@ -81,6 +102,10 @@ def get_config(arg=None):
     # Detected person boxes for evaluation (COCO results format); empty: ground-truth boxes.
     c.data.val_detections = ""
     c.data.detection_threshold = 0.2
+    # A missing or corrupt image stops the run naming it (False), or is skipped and counted
+    # in the report (True): a training record is replaced by the next one, an evaluation
+    # frame left out.
+    c.data.skip_bad_images = False
 
     # ------------------------------------------------------------------ sparse labels
     c.sparse = mlc.ConfigDict()

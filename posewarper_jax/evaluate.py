@@ -10,18 +10,19 @@ them: every ground-truth file needs a prediction file of the same name with the 
 and the two sides may differ in format. Prints poseval's table (Head, Shoulder, Elbow, Wrist,
 Hip, Knee, Ankle, Total in percent), with ``--coco`` COCO's OKS AP/AR and with ``--track``
 poseval's tracking table (MOTA, MOTP, precision, recall: ``eval.tracking``); ``--out`` writes
-everything as JSON. Exit status 0 on success, 2 on bad input (the message names the file).
+everything as JSON. Exit status 0 on success, 2 on bad input (one line ``error: ...`` naming
+the file; ``--debug`` shows the traceback). ``--out`` is checked before any scoring.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
-import json
 import math
 import os
 import sys
 
+from posewarper_jax import cli, fileio
 from posewarper_jax.data.posetrack import AnnotationError, detect_format, load_dataset
 from posewarper_jax.data.types import Video, VideoDataset
 from posewarper_jax.eval.posetrack_map import (
@@ -127,6 +128,8 @@ def _clean(value):
 
 def run(args: argparse.Namespace) -> dict:
     """Evaluates and prints; returns the results written by ``--out``."""
+    if args.out:
+        cli.check_output_file(args.out, "--out")
     gt, pred = load_pairs(args.gt, args.pred, args.format)
     metrics = posetrack_joint_metrics(gt, pred, neck=args.neck, missing_scores=args.missing_scores)
     table = summarize(metrics["ap"], metrics["total_ap"])
@@ -152,10 +155,7 @@ def run(args: argparse.Namespace) -> dict:
         print(format_mot_table(mot))
         results["tracking"] = mot
     if args.out:
-        directory = os.path.dirname(os.path.abspath(args.out))
-        os.makedirs(directory, exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(_clean(results), f, indent=2)
+        fileio.write_json(args.out, _clean(results), what="the results")
         print(f"results written to {args.out}")
     return results
 
@@ -188,17 +188,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "predictions need track ids)",
     )
     parser.add_argument("--out", default="", help="write the results to this JSON file")
+    cli.add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except (AnnotationError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    # Bad input reaches here as AnnotationError, ValueError (the scorer's checks) or a
+    # missing file: each one line.
+    expected = (AnnotationError, ValueError, FileNotFoundError)
+    return cli.guarded(lambda: run(args), debug=args.debug, expected=expected)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections as mlc
 
+from posewarper_jax.cli import ExpectedError
 from posewarper_jax.data import pipeline as pipeline_lib
 from posewarper_jax.data import transforms
 from posewarper_jax.data.types import VideoDataset
@@ -30,7 +31,7 @@ SCHEDULES = ("step", "cosine")
 PRETRAIN_DATA = ("none", "synthetic", "coco")
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, ExpectedError):
     """A config value that cannot work; the message names the field."""
 
 
@@ -130,6 +131,29 @@ def validate(config: mlc.ConfigDict) -> None:
         _fail("keep_checkpoints", config.keep_checkpoints, "must be > 0")
     if config.log_every <= 0:
         _fail("log_every", config.log_every, "must be > 0")
+    check_batch_sizes(config)
+
+
+def check_batch_sizes(config: mlc.ConfigDict, num_devices: int | None = None) -> None:
+    """Every global batch (the stages', the evaluation's) splits evenly over the devices of
+    the ``data`` mesh (and so over the processes); ConfigError naming the field otherwise,
+    at start instead of at the first step of that stage."""
+    import jax
+
+    n = jax.device_count() if num_devices is None else num_devices
+    fields = ["stage1", "stage2"] + (["pretrain"] if pretraining(config) else [])
+    sizes = {f"{name}.batch_size": config[name].batch_size for name in fields}
+    if config.get("evaluate", True):
+        sizes["eval.batch_size"] = config.eval.batch_size
+    for field, size in sizes.items():
+        if size % n:
+            fit = max(n, size - size % n)
+            _fail(
+                field,
+                size,
+                f"must be a multiple of the {n} devices (each global batch is split evenly "
+                f"over them); use {fit} or another multiple of {n}",
+            )
 
 
 def _validate_pretrain(config: mlc.ConfigDict) -> None:
@@ -178,13 +202,25 @@ def pretrain_dataset(config: mlc.ConfigDict) -> VideoDataset:
 def ensure_data(config: mlc.ConfigDict, *, progress: bool = True) -> None:
     """Generates the synthetic data set under ``data.root``, and the synthetic pre-training
     set (``pretrain_root``) when the job pre-trains on it, unless they are already there."""
+    from posewarper_jax import cli
     from posewarper_jax.data import synthetic
 
+    def make(field: str, root: str, cfg) -> None:
+        if not synthetic.matches(root, cfg):  # an output: its folder must be writable
+            try:
+                cli.check_writable_dir(os.path.dirname(os.path.abspath(root)), "its folder")
+            except cli.ExpectedError as e:
+                _fail(field, root, f"cannot hold the generated data set: {e}")
+        try:
+            synthetic.generate(root, cfg, progress=progress)
+        except ValueError as e:  # a root holding something else, named by the generator
+            _fail(field, root, str(e))
+
     if config.data.kind == "synthetic":
-        synthetic.generate(config.data.root, synthetic_config(config), progress=progress)
+        make("data.root", config.data.root, synthetic_config(config))
     if pretraining(config) and config.pretrain.data == "synthetic":
         preset = synthetic.get_config(config.pretrain.synthetic_preset)
-        synthetic.generate(pretrain_root(config), preset, progress=progress)
+        make("pretrain.root", pretrain_root(config), preset)
 
 
 def synthetic_config(config: mlc.ConfigDict):
@@ -289,6 +325,7 @@ def pipeline_config(config: mlc.ConfigDict, stage: str, **overrides) -> pipeline
         num_workers=int(i.num_workers),
         read_threads=int(i.read_threads),
         seed=int(config.seed),
+        skip_bad_images=bool(config.data.get("skip_bad_images", False)),
     )
     kwargs.update(overrides)
     return pipeline_lib.PipelineConfig(**kwargs)

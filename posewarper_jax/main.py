@@ -2,15 +2,19 @@
 
 Variants as ``--config configs/sparse.py:key=value,...``; single fields as
 ``--config.stage2.lr=3e-4``. The config is locked: a misspelt field fails at start.
+
+Expected failures (a bad config value, bad data, a busy or unwritable workdir, a full disk)
+print one line ``error: ...`` and exit with status 2; ``--debug`` shows their traceback.
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from posewarper_jax import distributed, job
+from posewarper_jax import cli, distributed, job
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where checkpoints and results go.")
+cli.define_absl_debug_flag()
 
 
 def main(argv):
@@ -28,4 +32,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run_absl(main)

@@ -22,13 +22,14 @@ written to ``WORKDIR/diagnostics.json``:
   (slope 1 follows the motion, 0 copies A's label). PoseWarper uses the config's flip test
   there, as the report does.
 
-Nothing is trained: a stage without ``done.json`` is an error.
+Nothing is trained: a stage without ``done.json`` is an error. Expected failures (an
+unfinished workdir, a workdir in use by a job, a bad config value) print one line
+``error: ...`` and exit with status 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -228,7 +229,7 @@ def run_diagnostics(
 def _main(argv):  # pragma: no cover - exercised through the CLI
     from absl import app, flags, logging
 
-    from posewarper_jax import experiment, job, training
+    from posewarper_jax import cli, experiment
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -236,11 +237,20 @@ def _main(argv):  # pragma: no cover - exercised through the CLI
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
     for name in ("stage1", "stage2"):
         if not os.path.exists(os.path.join(workdir, name, "done.json")):
-            raise SystemExit(
+            raise cli.ExpectedError(
                 f"{workdir}/{name} is not finished (no done.json): run the main job with this "
                 "config and workdir first"
             )
     experiment.validate(config)
+    from posewarper_jax import workdir as workdir_lib
+
+    with workdir_lib.lock(workdir, enabled=jax.process_index() == 0):
+        _diagnose(config, workdir)
+
+
+def _diagnose(config, workdir: str) -> None:  # pragma: no cover - exercised through the CLI
+    from posewarper_jax import experiment, fileio, job, training
+
     model = experiment.make_model(config)
     mesh = training.data_mesh()
     initial = training.init_variables(model, config.input.image_size, config.seed)
@@ -264,16 +274,18 @@ def _main(argv):  # pragma: no cover - exercised through the CLI
     )
     if jax.process_index() == 0:
         path = os.path.join(workdir, "diagnostics.json")
-        with open(path, "w") as f:
-            json.dump(out, f, indent=2)
+        fileio.write_json(path, out)
         print(f"written: {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
+
+    from posewarper_jax import cli
 
     config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
     flags.DEFINE_string("workdir", "runs/default", "The main job's workdir.")
+    cli.define_absl_debug_flag()
     flags.mark_flags_as_required(["config"])
-    app.run(_main)
+    cli.run_absl(_main)

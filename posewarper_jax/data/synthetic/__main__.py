@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 
 import cv2
 
+from posewarper_jax import cli
 from posewarper_jax.data.synthetic.config import PRESETS, get_config
 from posewarper_jax.data.synthetic.dataset import contact_sheet, generate, matches
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 0, or 2 after one line ``error: ...`` (a bad --root, a config value, a full
+    disk); ``--debug`` shows the traceback."""
     parser = argparse.ArgumentParser(
         prog="python -m posewarper_jax.data.synthetic",
         description="Generate the synthetic PoseTrack18-format video pose data set.",
@@ -27,8 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="regenerate even if it matches")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--preview", default=None, help="also write a contact sheet PNG here")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
+    # The generator reports a bad root or config value as ValueError naming it.
+    return cli.guarded(lambda: _run(args), debug=args.debug, expected=(ValueError,))
 
+
+def _run(args: argparse.Namespace) -> int:
+    cli.check_writable_dir(os.path.dirname(os.path.abspath(args.root)), "the folder of --root")
     overrides = {} if args.seed is None else {"seed": args.seed}
     cfg = get_config(args.preset, **overrides)
     reuse = not args.force and matches(args.root, cfg)
@@ -44,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print("config: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()))
     if args.preview:
         if not cv2.imwrite(args.preview, contact_sheet(root)):
-            print(f"could not write {args.preview}", file=sys.stderr)
-            return 1
+            raise cli.ExpectedError(f"--preview {args.preview}: could not write the picture")
         print(f"contact sheet: {args.preview}")
     return 0
 

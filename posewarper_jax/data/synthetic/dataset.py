@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import glob
 import json
 import multiprocessing
 import os
@@ -276,6 +277,10 @@ def generate(
     # Concurrent callers (e.g. parallel test workers) wait here and then find the data ready.
     with open(os.path.join(parent, f".{name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        # Leftovers of a generation killed midway (holding the lock, nobody else writes).
+        for kind in ("partial", "old"):
+            for leftover in glob.glob(os.path.join(parent, f".{glob.escape(name)}.{kind}-*")):
+                shutil.rmtree(leftover, ignore_errors=True)
         if not force and matches(root, cfg):
             return root
         if os.path.exists(root):
