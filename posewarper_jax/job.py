@@ -26,7 +26,8 @@ import jax
 import ml_collections as mlc
 import numpy as np
 
-from posewarper_jax import experiment, training
+from posewarper_jax import cli, experiment, fileio, training
+from posewarper_jax import workdir as workdir_lib
 from posewarper_jax.data.types import VideoDataset
 from posewarper_jax.metrics import MetricWriter
 
@@ -46,10 +47,26 @@ def _sync(tag: str) -> None:
 def _write_json(path: str, data: Any) -> None:
     if jax.process_index() != 0:
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(path + ".tmp", path)
+    fileio.write_json(path, data)
+
+
+class _Timing(dict):
+    """Seconds per phase, written to ``timing.json`` as soon as a phase has its figure, so a
+    run killed later keeps the figures of the phases it finished; a resumed run adds its own.
+    """
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        if os.path.exists(path):
+            with open(path) as f:
+                self.update(json.load(f))
+
+    def __setitem__(self, name: str, seconds: float) -> None:
+        super().__setitem__(name, float(seconds))
+        if name != "total":
+            super().__setitem__("total", _total(self))
+        _write_json(self.path, dict(self))
 
 
 def load_pretrained(variables: dict, path: str) -> dict:
@@ -84,16 +101,23 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) the experiment of ``config`` in ``workdir``.
 
     Returns a summary (result paths and timings), also written to ``workdir/summary.json``.
+
+    Raises:
+      experiment.ConfigError: a config value that cannot work (before any work).
+      cli.ExpectedError: the workdir is a file or cannot be written to.
+      workdir.WorkdirBusyError: another job uses the workdir (``WORKDIR/job.lock``).
     """
     experiment.validate(config)
-    os.makedirs(workdir, exist_ok=True)
-    # Seconds per phase, as measured when the phase ran: a resumed job keeps the figures of
-    # the phases an earlier run finished.
+    cli.check_writable_dir(workdir, "workdir")
+    with workdir_lib.lock(workdir, enabled=jax.process_index() == 0):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
+    # Seconds per phase, as measured when the phase finished: a resumed job keeps the
+    # figures of the phases an earlier run finished.
     timing_file = os.path.join(workdir, "timing.json")
-    timing: dict[str, float] = {}
-    if os.path.exists(timing_file):
-        with open(timing_file) as f:
-            timing = json.load(f)
+    timing = _Timing(timing_file)
     t0 = time.perf_counter()
 
     # ------------------------------------------------------------------ data
@@ -112,7 +136,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         f"data: {len(train.videos)} training videos, {_count_labeled(train)} labeled frames "
         f"kept, {_count_labeled(held_back)} held back ({config.data.root})"
     )
-    timing["data"] = time.perf_counter() - t0
+    if "data" not in timing:
+        timing["data"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ model
     model = experiment.make_model(config)
@@ -122,7 +147,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     initial = training.init_variables(model, config.input.image_size, config.seed)
     if config.model.pretrained:
         initial = load_pretrained(initial, config.model.pretrained)
-    timing["init"] = time.perf_counter() - t
+    if "init" not in timing:
+        timing["init"] = time.perf_counter() - t
 
     def stage(name: str, index: int, variables: dict, dataset: VideoDataset, stage_cfg):
         t = time.perf_counter()
@@ -132,6 +158,9 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         )
         if not finished:
             timing[name] = time.perf_counter() - t
+        elif name not in timing:  # killed after the stage ended, before its time was kept
+            with open(os.path.join(workdir, name, "done.json")) as f:
+                timing[name] = json.load(f).get("seconds", 0.0)
         return out
 
     # ------------------------------------------------------------------ stages 1 and 2
@@ -153,8 +182,6 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         report_paths = write_report(config, workdir, results, timing)
         timing["report"] = time.perf_counter() - t
     writer.close()
-    timing["total"] = _total(timing)
-    _write_json(timing_file, timing)
     summary = {
         "workdir": os.path.abspath(workdir),
         "report": report_paths,
@@ -163,10 +190,20 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
             for s in ("pretrain", "stage1", "stage2", "stage1_augmented")
         },
         "metrics": os.path.abspath(os.path.join(workdir, "metrics.jsonl")),
-        "timing_s": timing,
+        "timing_s": dict(timing),
     }
     _write_json(os.path.join(workdir, "summary.json"), summary)
     return summary
+
+
+BAD_IMAGES = "bad_images.jsonl"
+
+
+def bad_image_log(config: mlc.ConfigDict, workdir: str) -> str:
+    """Where the job notes the bad images it skips (``data.skip_bad_images``), else ""."""
+    if not config.data.get("skip_bad_images", False):
+        return ""
+    return os.path.abspath(os.path.join(workdir, BAD_IMAGES))
 
 
 def run_job_stage(
@@ -191,7 +228,10 @@ def run_job_stage(
         variables=variables,
         dataset=dataset,
         pipe_cfg=experiment.pipeline_config(
-            config, "stage1" if index == 1 else "stage2", batch_size=int(stage_cfg.batch_size)
+            config,
+            "stage1" if index == 1 else "stage2",
+            batch_size=int(stage_cfg.batch_size),
+            bad_image_log=bad_image_log(config, workdir),
         ),
         stage_cfg=stage_cfg,
         checkpoint_every=int(config.checkpoint_every),
@@ -263,8 +303,9 @@ def _scored(workdir, section, name, gt, compute, timing, image_root):
     table = posetrack_map(gt, pred)
     if jax.process_index() == 0:
         write_poseval_predictions(pred, gt, pred_dir)
-    _write_json(score_file, table)
+    # The time first, then the score file that marks the method finished.
     timing[f"{section}.{name}"] = time.perf_counter() - t
+    _write_json(score_file, table)
     _log(f"[{section}] {name}: mAP {table['Total']:.1f}")
     return table, pred, pred_dir
 
@@ -273,9 +314,11 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
     """Propagation, detection and augmentation results (mAP tables, predictions, extras)."""
     from posewarper_jax.apps import augment, baselines, detection, propagation
     from posewarper_jax.data import detections, sparse
+    from posewarper_jax.data import pipeline as pipeline_lib
 
     mesh = training.data_mesh()
-    eval_cfg = experiment.pipeline_config(config, "eval")
+    bad_log = bad_image_log(config, workdir)
+    eval_cfg = experiment.pipeline_config(config, "eval", bad_image_log=bad_log)
     root = config.data.root
     val = experiment.load_split(config, "val")
     val_sparse, val_held = sparse.make_sparse_subset(
@@ -304,7 +347,9 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
             model, stage2, val_sparse, pipe_cfg=eval_cfg, mesh=mesh, plan=plan, flip_test=flip
         ),
         "copy_nearest": lambda: baselines.copy_nearest(val_sparse, plan=plan),
-        "farneback": lambda: baselines.farneback(val_sparse, plan=plan),
+        "farneback": lambda: baselines.farneback(
+            val_sparse, plan=plan, skip_bad_images=bool(bad_log), bad_image_log=bad_log
+        ),
         "hrnet_pseudo": lambda: baselines.hrnet_pseudo(
             model, stage1, val_sparse, pipe_cfg=eval_cfg, mesh=mesh, plan=plan, flip_test=flip
         ),
@@ -379,8 +424,8 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
         if jax.process_index() == 0:
             empty = VideoDataset(videos=[], fmt=augmented.fmt, root=augmented.root)
             sparse.write_sparse_subset(augmented, empty, pseudo_file)
-            _write_json(os.path.join(pseudo_file, "done.json"), {"ok": True})
         timing["augment.pseudo_labels"] = time.perf_counter() - t
+        _write_json(os.path.join(pseudo_file, "done.json"), {"ok": True})
     num_pseudo = _count_labeled(augmented) - _count_labeled(train)
     _log(f"augmentation: {num_pseudo} pseudo-labeled frames added to {_count_labeled(train)}")
     aug_cfg = _augmented_stage_config(config, train, augmented)
@@ -404,6 +449,8 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
                 "pseudo_labeled_frames": num_pseudo,
                 "propagation_people": len(plan),
                 "val_videos": len(val.videos),
+                # data.skip_bad_images: distinct image files skipped, over every run of the job
+                "bad_images_skipped": len(pipeline_lib.bad_images_in_log(bad_log)),
             },
         },
         "_gt": {"propagation": val_held, "detection": val},
@@ -456,13 +503,23 @@ def motion_sample(model, variables, dataset: VideoDataset, pipe_cfg):
     )
 
 
+def _tolerant_reader(path: str) -> np.ndarray:
+    """``draw.read_image``, or a grey picture for a bad image (``data.skip_bad_images``)."""
+    from posewarper_jax.apps import draw
+
+    try:
+        return draw.read_image(path)
+    except FileNotFoundError:
+        return np.full((240, 320, 3), 128, np.uint8)
+
+
 def _total(timing: dict) -> float:
     return sum(v for k, v in timing.items() if k not in ("total", "report"))
 
 
 def write_report(config, workdir: str, results: dict, timing: dict) -> dict:
     """report.md, report.json and the pictures (process 0 only)."""
-    from posewarper_jax.apps import report
+    from posewarper_jax.apps import draw, report
 
     gt = results.pop("_gt")
     preds = results.pop("_predictions")
@@ -475,6 +532,7 @@ def write_report(config, workdir: str, results: dict, timing: dict) -> dict:
         gt=gt["detection"],
         predictions=preds,
         motion=motion_sample(model, variables, val, eval_cfg),
+        reader=_tolerant_reader if eval_cfg.skip_bad_images else draw.read_image,
     )
     timing["total"] = _total(timing)
     report.write_report(

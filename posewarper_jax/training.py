@@ -8,13 +8,20 @@ Every ``checkpoint_every`` steps and at the end, the state and the Grain iterato
 together (Orbax), so a stage restarted with the same workdir continues with exactly the
 batch an uninterrupted run would have seen. A finished stage leaves ``done.json`` and is
 skipped on restart. A non-finite loss stops the run before anything non-finite is saved.
+
+Checkpoints are written synchronously, into a temporary directory renamed when complete: a
+killed save leaves the previous steps as they were, and a failed one (a full disk) raises
+``CheckpointWriteError`` at once. A newest step that cannot be read (a truncated or deleted
+file) is moved to ``<stage>/corrupt_checkpoints/`` and the stage resumes from the newest step
+that reads, with a warning naming both.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +34,8 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from posewarper_jax import cli, fileio
+from posewarper_jax.cli import ExpectedError
 from posewarper_jax.data import pipeline as pipeline_lib
 from posewarper_jax.data.types import VideoDataset
 from posewarper_jax.metrics import MetricWriter, Progress
@@ -36,8 +45,20 @@ from posewarper_jax.models.posewarper import PoseWarper
 BATCH_KEYS = ("image", "target", "target_weight")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RuntimeError, ExpectedError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CheckpointError(ExpectedError):
+    """No checkpoint of a stage can be read; the message names them and why."""
+
+
+class CheckpointWriteError(cli.WriteError):
+    """A checkpoint could not be written (full disk, ...); the previous ones are intact."""
+
+
+class CorruptCheckpointWarning(UserWarning):
+    """A checkpoint step that cannot be read was set aside; an older one is used."""
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -166,7 +187,19 @@ def make_train_step(
 
 
 def checkpoint_manager(directory: str, keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    """Orbax's manager of a stage's checkpoints (state + Grain iterator).
+
+    Synchronous: ``save`` returns with the step on disk, or raises. (The train loop waited for
+    every save anyway, and Orbax's background threads kept a process alive for the
+    coordination timeout when a save failed.) Temporary directories of saves killed midway
+    are removed when the manager starts.
+    """
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        create=True,
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=True,
+    )
     return ocp.CheckpointManager(
         os.path.abspath(directory), options=options, item_names=("state", "data")
     )
@@ -187,6 +220,70 @@ def restore_state(directory: str, like: dict, step: int | None = None) -> dict:
     )
     mngr.close()
     return restored["state"]
+
+
+def _reason(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}"
+
+
+def _set_aside(ckpt_dir: str, step: int) -> str:
+    """Moves step ``step`` out of ``ckpt_dir`` into ``../corrupt_checkpoints``; returns where."""
+    dest_dir = os.path.join(os.path.dirname(os.path.abspath(ckpt_dir)), "corrupt_checkpoints")
+    dest = os.path.join(dest_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if jax.process_index() == 0:
+        os.makedirs(dest_dir, exist_ok=True)
+        shutil.move(os.path.join(ckpt_dir, str(step)), dest)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"set_aside_{step}")
+    return dest
+
+
+def restore_newest_good(
+    mngr: ocp.CheckpointManager, ckpt_dir: str, name: str, restore_args: Callable[[], Any]
+) -> tuple[int | None, Any]:
+    """Restores the newest step of ``mngr`` that reads, newest first.
+
+    Steps newer than the one restored could not be read (a truncated or deleted file): they
+    are moved to ``corrupt_checkpoints/`` beside ``ckpt_dir`` (so that the stage can write
+    those steps again) with a ``CorruptCheckpointWarning`` naming both steps.
+    ``restore_args()`` gives fresh restore arguments for each attempt.
+
+    Returns:
+      ``(step, restored)``, or ``(None, None)`` when there is no checkpoint.
+
+    Raises:
+      CheckpointError: there are checkpoints and none reads (a changed config, or all
+        damaged); nothing is moved.
+    """
+    steps = sorted(mngr.all_steps(), reverse=True)
+    failures: list[tuple[int, BaseException]] = []
+    for step in steps:
+        try:
+            restored = mngr.restore(step, args=restore_args())
+        except Exception as err:  # any reason the files do not read back
+            failures.append((step, err))
+            continue
+        if failures:
+            for bad, err in failures:
+                where = _set_aside(ckpt_dir, bad)
+                warnings.warn(
+                    f"[{name}] checkpoint step {bad} in {ckpt_dir} cannot be read "
+                    f"({_reason(err)}); moved to {where}; resuming from step {step} instead",
+                    CorruptCheckpointWarning,
+                    stacklevel=2,
+                )
+            mngr.reload()
+        return step, restored
+    if not failures:
+        return None, None
+    listed = "; ".join(f"step {s}: {_reason(e)}" for s, e in failures)
+    raise CheckpointError(
+        f"[{name}] no checkpoint in {ckpt_dir} can be read ({listed}); if the config "
+        f"changed, use a new --workdir; to train the stage again, delete {ckpt_dir}"
+    )
 
 
 # ----------------------------------------------------------------------------- a stage
@@ -243,23 +340,45 @@ def run_stage(
     ckpt_dir = os.path.join(stage_dir, "checkpoints")
 
     if os.path.exists(done_file):
-        state = restore_state(ckpt_dir, state)
-        _log(f"[{name}] already finished ({done_file}); loaded its final state")
-        return {"params": state["params"], "batch_stats": state["batch_stats"]}
+        try:
+            final = restore_state(ckpt_dir, state)
+        except Exception as err:  # a damaged final checkpoint: train the rest again
+            warnings.warn(
+                f"[{name}] finished ({done_file}), but its final checkpoint cannot be read "
+                f"({_reason(err)}); training the stage on from its newest good checkpoint",
+                CorruptCheckpointWarning,
+                stacklevel=2,
+            )
+            if jax.process_index() == 0:
+                os.remove(done_file)
+        else:
+            _log(f"[{name}] already finished ({done_file}); loaded its final state")
+            return {"params": final["params"], "batch_stats": final["batch_stats"]}
 
-    data_iter = iter(pipeline_lib.train_dataset(dataset, pipe_cfg, paired=stage == 2))
+    def new_iterator():
+        return iter(pipeline_lib.train_dataset(dataset, pipe_cfg, paired=stage == 2))
+
     mngr = checkpoint_manager(ckpt_dir, keep_checkpoints)
-    start = mngr.latest_step()
-    if start is not None:
-        restored = mngr.restore(
-            start,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_abstract(state)),
-                data=grain.checkpoint.CheckpointRestore(data_iter),
-            ),
+    attempt: dict[str, Any] = {}
+
+    def restore_args():
+        # A fresh iterator for every attempt: a failed restore may leave it half set.
+        attempt["iter"] = new_iterator()
+        return ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(state)),
+            data=grain.checkpoint.CheckpointRestore(attempt["iter"]),
         )
-        state = restored["state"]
+
+    try:
+        start, restored = restore_newest_good(mngr, ckpt_dir, name, restore_args)
+    except BaseException:
+        mngr.close()
+        raise
+    if start is not None:
+        state, data_iter = restored["state"], attempt["iter"]
         _log(f"[{name}] resumed from step {start} ({ckpt_dir})")
+    else:
+        data_iter = new_iterator()
     start = int(start or 0)
 
     step_fn = jax.jit(
@@ -303,15 +422,7 @@ def run_stage(
                 scalars["steps_per_s"] = progress.update(step, scalars)
                 writer.write(name, step, scalars)
         if at_ckpt:
-            mngr.save(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state),
-                    data=grain.checkpoint.CheckpointSave(data_iter),
-                ),
-                force=True,
-            )
-            mngr.wait_until_finished()
+            _save(mngr, step, state, data_iter, name, ckpt_dir, last_good)
             last_good = step
         if stop_after is not None and step - start >= stop_after and step < total:
             mngr.close()
@@ -319,10 +430,34 @@ def run_stage(
     mngr.wait_until_finished()
     mngr.close()
     if jax.process_index() == 0:
-        with open(done_file + ".tmp", "w") as f:
-            json.dump({"stage": name, "steps": total, "seconds": time.perf_counter() - t_stage}, f)
-        os.replace(done_file + ".tmp", done_file)
+        done = {"stage": name, "steps": total, "seconds": time.perf_counter() - t_stage}
+        fileio.write_json(done_file, done, indent=None)
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
+def _save(mngr, step: int, state, data_iter, name: str, ckpt_dir: str, last_good: int) -> None:
+    """Saves step ``step``; a storage failure becomes ``CheckpointWriteError``."""
+    try:
+        mngr.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iter),
+            ),
+            force=True,
+        )
+        mngr.wait_until_finished()
+    except OSError as err:
+        mngr.close()
+        if not cli.storage_error(err):
+            raise
+        previous = f"step {last_good}" if last_good else "none yet"
+        out = cli.write_error(
+            os.path.join(ckpt_dir, str(step)), err, f"[{name}]'s checkpoint of step {step}"
+        )
+        final = CheckpointWriteError(f"{out} (the last good checkpoint: {previous})")
+        final.errno, final.filename = out.errno, out.filename
+        raise final from err
 
 
 def _log(msg: str) -> None:

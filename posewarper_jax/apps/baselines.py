@@ -203,7 +203,8 @@ class _GreyFrames:
             if img is None:
                 raise pipeline_lib.BadImageError(
                     f"image {self.paths[t]!r} cannot be read; needed by the Farneback flow of "
-                    f"video {self.video!r} frame {t}"
+                    f"video {self.video!r} frame {t}",
+                    self.paths[t],
                 )
             self.cache[t] = img
             while len(self.cache) > 4:
@@ -218,13 +219,17 @@ def farneback(
     reach: int = DEFAULT_REACH,
     params: FarnebackParams = FarnebackParams(),
     plan: PropagationPlan | None = None,
+    skip_bad_images: bool = False,
+    bad_image_log: str = "",
 ) -> VideoDataset:
     """Optical-flow propagation: A's joints carried to B by chained Farneback flows.
 
     For every labeled frame A and direction (forward to later targets, backward to earlier
     ones) one chain of flows A → A ± 1 → ... reaches the farthest target that takes its
     labels from A; every flow is computed once per chain. Joints unlabeled in A or leaving
-    the image stay unlabeled (score 0); carried joints score 1.
+    the image stay unlabeled (score 0); carried joints score 1. A frame that cannot be read
+    raises ``BadImageError``, or with ``skip_bad_images`` ends its chain there (targets
+    beyond it get no joints; the image is noted with ``pipeline.note_bad_image``).
     """
     plan = _plan(labeled, plan, boxes, reach)
     n = len(plan)
@@ -239,19 +244,27 @@ def farneback(
         video = labeled.videos[v]
         frames = _GreyFrames([f.path for f in video.frames], video.name)
         length = max(abs(int(delta[r])) for r in rows)
-        flows = [
-            farneback_flow(frames(a + k * step), frames(a + (k + 1) * step), params)
-            for k in range(length)
-        ]
+        flows = []
+        try:
+            for k in range(length):
+                flows.append(
+                    farneback_flow(frames(a + k * step), frames(a + (k + 1) * step), params)
+                )
+        except pipeline_lib.BadImageError as err:
+            if not skip_bad_images:
+                raise
+            pipeline_lib.note_bad_image(err, bad_image_log)
+        reached = len(flows)
         kpts = plan.source_keypoints[rows, 0]  # [R, J, 3]
         pos, alive = carry_points(
             flows, kpts[:, :, :2].reshape(-1, 2), (kpts[:, :, 2] > 0).reshape(-1)
         )
-        pos = pos.reshape(length + 1, len(rows), NUM_JOINTS, 2)
-        alive = alive.reshape(length + 1, len(rows), NUM_JOINTS)
+        pos = pos.reshape(reached + 1, len(rows), NUM_JOINTS, 2)
+        alive = alive.reshape(reached + 1, len(rows), NUM_JOINTS)
         for i, r in enumerate(rows):
             d = abs(int(delta[r]))
-            xy[r], present[r] = pos[d, i], alive[d, i]
+            if d <= reached:
+                xy[r], present[r] = pos[d, i], alive[d, i]
     return predictions_from_plan(labeled, plan, xy, present, present.astype(float))
 
 

@@ -58,7 +58,6 @@ import dataclasses
 import functools
 import math
 import threading
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -426,7 +425,9 @@ class _ImageCache:
                 return img
         img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if img is None:
-            raise pipeline_lib.BadImageError(f"image {path!r} cannot be read; needed by {record}")
+            raise pipeline_lib.BadImageError(
+                f"image {path!r} cannot be read; needed by {record}", path
+            )
         with self._lock:
             self._items[path] = img
             while len(self._items) > self.size:
@@ -503,7 +504,7 @@ class _PairSource:
         except pipeline_lib.BadImageError as err:
             if not cfg.skip_bad_images:
                 raise
-            warnings.warn(f"skipped: {err}", pipeline_lib.BadImageWarning, stacklevel=2)
+            pipeline_lib.note_bad_image(err, cfg.bad_image_log)
             return ex  # a padding row: no prediction for this person
         ex.update(
             mask=np.bool_(True),

@@ -464,10 +464,9 @@ def write_report(
 
 
 def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from posewarper_jax import fileio
+
+    fileio.atomic_write(path, text)
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -540,6 +539,7 @@ def write_figures(
     num_samples: int = 3,
     threshold: float = draw.DEFAULT_THRESHOLD,
     motion: MotionSample | None = None,
+    reader=draw.read_image,
 ) -> dict[str, str]:
     """Writes the pictures into ``workdir/report/`` and returns caption -> path.
 
@@ -551,6 +551,7 @@ def write_figures(
       samples: (video index, frame index) pairs; default ``draw.pick_samples`` per section.
       threshold: per-joint score below which predicted joints are not drawn.
       motion: one frame's offsets -> ``motion_fields.png``.
+      reader: path -> uint8 ``[H, W, 3]`` RGB image, for the pose samples.
     """
     tables = validate_tables(results)
     folder = os.path.join(workdir, REPORT_DIR)
@@ -565,7 +566,7 @@ def write_figures(
                 picks = draw.pick_samples(gt, num_samples, methods)
             if not picks:
                 continue  # nothing labeled to show
-            grid = draw.pose_comparison(gt, methods, picks, threshold=threshold)
+            grid = draw.pose_comparison(gt, methods, picks, threshold=threshold, reader=reader)
             path = draw.write_image(os.path.join(folder, f"samples_{section}.png"), grid)
             figures[f"Sample poses, {section}"] = path
     if motion is not None:

@@ -69,6 +69,7 @@ import cv2
 import grain
 import numpy as np
 
+from posewarper_jax.cli import ExpectedError
 from posewarper_jax.data import transforms
 from posewarper_jax.data.types import NUM_JOINTS, Person, VideoDataset
 
@@ -79,8 +80,15 @@ _SHUFFLE_STREAM = 0
 _RECORD_STREAM = 1
 
 
-class BadImageError(ValueError):
-    """An image that is missing or cannot be decoded; the message names file and record."""
+class BadImageError(ValueError, ExpectedError):
+    """An image that is missing or cannot be decoded; the message names file and record.
+
+    ``path`` is the image file (when known).
+    """
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
 
 
 class BadImageWarning(UserWarning):
@@ -96,12 +104,37 @@ def bad_image_count() -> int:
     return _bad_image_count
 
 
-def _note_bad_image(err: BadImageError) -> None:
+def note_bad_image(err: BadImageError, log: str = "") -> None:
+    """Counts a skipped bad image (``bad_image_count``), warns, and appends a JSON line
+    ``{"path", "reason"}`` to the file ``log`` when given (one line per skip: processes,
+    workers included, append to the same file, and the count survives a resumed job)."""
     global _bad_image_count
     with _bad_image_lock:
         _bad_image_count += 1
         n = _bad_image_count
     warnings.warn(f"skipped bad image #{n} in this process: {err}", BadImageWarning, stacklevel=3)
+    if log:
+        import json
+
+        line = json.dumps({"path": getattr(err, "path", None), "reason": str(err)}) + "\n"
+        with open(log, "a", encoding="utf-8") as f:  # one short append: atomic on POSIX
+            f.write(line)
+
+
+def bad_images_in_log(log: str) -> list[str]:
+    """The distinct bad image files recorded in ``log`` (``note_bad_image``), sorted."""
+    import json
+
+    if not log or not os.path.exists(log):
+        return []
+    paths = set()
+    with open(log, encoding="utf-8") as f:
+        for line in f:
+            try:
+                paths.add(str(json.loads(line)["path"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a killed process
+    return sorted(paths)
 
 
 # ----------------------------------------------------------------------------- config
@@ -134,6 +167,8 @@ class PipelineConfig:
     seed: non-negative seed of all shuffling and augmentation.
     skip_bad_images: replace/skip records with missing or corrupt images (counted
       ``BadImageWarning``) instead of raising ``BadImageError``.
+    bad_image_log: a file to which every skipped bad image appends a JSON line (see
+      ``note_bad_image``); empty: none.
     eval_offsets: frame offsets of the evaluation window, e.g. (-2, -1, 0, 1, 2).
     eval_edge: "clip" repeats the first/last frame past the video's ends; "mask" blanks those
       frames and sets ``frame_valid`` False.
@@ -156,6 +191,7 @@ class PipelineConfig:
     prefetch_batches: int = 2
     seed: int = 0
     skip_bad_images: bool = False
+    bad_image_log: str = ""
     eval_offsets: tuple[int, ...] = (-2, -1, 0, 1, 2)
     eval_edge: str = "clip"
 
@@ -377,7 +413,7 @@ def _read_bgr(path: str, record: str) -> np.ndarray:
     img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         why = "missing" if not os.path.exists(path) else "unreadable (corrupt or not an image)"
-        raise BadImageError(f"image {path!r} is {why}; needed by {record}")
+        raise BadImageError(f"image {path!r} is {why}; needed by {record}", path)
     return img
 
 
@@ -438,7 +474,7 @@ class _TrainSource:
             except BadImageError as err:
                 if not self.cfg.skip_bad_images:
                     raise
-                _note_bad_image(err)
+                note_bad_image(err, self.cfg.bad_image_log)
                 continue
             ex["replaced"] = np.int32(attempt > 0)
             return ex
@@ -558,7 +594,7 @@ class _EvalSource:
                 except BadImageError as err:
                     if not cfg.skip_bad_images:
                         raise
-                    _note_bad_image(err)
+                    note_bad_image(err, cfg.bad_image_log)
                     crops[fi] = None
             if crops[fi] is not None:
                 ex["image"][t] = crops[fi]
