@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
+from posewarper_jax.ops.conv import conv_general_dilated
+
 Dtype = Any
 
 # HRNet's init: every conv weight ~ N(0, 0.001^2), conv biases 0, BN scale 1 and bias 0.
@@ -40,7 +42,9 @@ def conv(
     """A square ``kernel_size`` conv padded as torch's ``padding=dilation * (k // 2)``.
 
     Explicit padding matters for stride 2: 'SAME' would pad (0, 1) on an even input where
-    torch pads (1, 1), shifting every output by half a pixel.
+    torch pads (1, 1), shifting every output by half a pixel. The convolution is
+    ``ops.conv.conv_general_dilated``: ``lax``'s, with a backward pass written as matrix
+    products on CPUs (where XLA's backward convolutions are slow).
     """
     p = dilation * (kernel_size // 2)
     return nn.Conv(
@@ -54,6 +58,7 @@ def conv(
         param_dtype=param_dtype,
         kernel_init=kernel_init,
         bias_init=nn.initializers.zeros,
+        conv_general_dilated=conv_general_dilated,
         name=name,
     )
 
