@@ -40,8 +40,15 @@ Choices:
   128x96, one thread: stage-1 step 0.47-0.51 s against 0.59 s, flip-test inference
   0.28 s against 0.37 s, stage-2 step 1.5 s against 1.8 s), and cuDNN's tensor-core
   convolutions (TF32/bf16) are NHWC-native. ``--channels-last off`` keeps NCHW.
+* ``torch.backends.cudnn.benchmark = True`` as in HRNet's and PoseWarper's configs
+  (``CUDNN.BENCHMARK: true``); the warm-up calls absorb its algorithm search.
+  ``--no-cudnn-benchmark`` turns it off.
 * TF32 is left at torch's defaults (convolutions may use TF32, matmuls not), as JAX's default
   precision does for float32 convolutions on GPU.
+* CPU threads: torch's default (``--threads N`` sets it). On a CPU shared with other work,
+  OpenMP threads that wait at barriers for a descheduled sibling make runs many times
+  slower (on the loaded 2-core development machine two threads took 3-11 s per call where
+  one took 0.3-1.4 s); ``--threads 1`` is the steadier figure there.
 * The deformable convolution is ``torchvision.ops.deform_conv2d`` when torchvision imports,
   else the ``grid_sample`` formulation; ``deform_impl`` in the output says which ran.
 """
@@ -207,6 +214,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--compile-mode", default=None, help="torch.compile mode (default: default)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--channels-last", default="on", choices=("on", "off"))
+    p.add_argument(
+        "--no-cudnn-benchmark", action="store_true", help="cudnn.benchmark off (default: on)"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's)")
     p.add_argument("--deform-impl", default="auto", choices=DEFORM_IMPLS)
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {CASES}")
@@ -222,6 +232,7 @@ def main(argv=None) -> list[dict]:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
     torch.manual_seed(0)
     device = _device(args.device)
     channels_last = args.channels_last == "on"
@@ -243,6 +254,7 @@ def main(argv=None) -> list[dict]:
         dtype="bfloat16" if args.amp else "float32",
         amp=bool(args.amp),
         channels_last=channels_last,
+        cudnn_benchmark=torch.backends.cudnn.benchmark,
         torch=torch.__version__,
         threads=torch.get_num_threads(),
         iters=args.iters,
