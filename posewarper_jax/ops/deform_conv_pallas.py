@@ -80,7 +80,8 @@ def _tap_samples(x_ref, off_ref, *, b, p, pmask, c, cmask, tap, dil, hw, cin, kw
     Returns (value [P, CP] f32, (top, bottom, v00, v01, v10, v11, ly, valid), obase).
     """
     h_img, w_img = hw
-    i, j = divmod(tap, kw)
+    i = tap // kw  # tap may be a loop index (traced)
+    j = tap - i * kw
     dh, dw = dil
     ph, pw = dh * ((k2[0] - 1) // 2), dw * ((k2[1] - 1) // 2)
     pix = b * h_img * w_img + p  # [P] flat pixel index
@@ -143,14 +144,19 @@ def _fwd_kernel(x_ref, *refs, meta):
     c = jnp.arange(cp)
     cmask = c < cin
     acc = jnp.zeros((bp, cop), jnp.float32)
+    # Branches unrolled (each has its own offsets array and dilation), taps in a loop: an
+    # unrolled (branch, tap) nest makes a program Triton compiles very slowly.
     for n in range(d_n):
-        for tap in range(kh * kw):
+
+        def tap_step(tap, acc, n=n):
             value, _, _, _ = _tap_samples(
                 x_ref, off_refs[n], b=b, p=p, pmask=pmask, c=c, cmask=cmask, tap=tap,
                 dil=meta["dilations"][n], hw=(h_img, w_img), cin=cin, kw=kw, k2=(kh, kw),
             )  # fmt: skip
             wt = _load_tile(k_ref, n * kh * kw + tap, (cp, cop))
-            acc += jnp.dot(value, wt, precision=lax.Precision.HIGHEST)
+            return acc + jnp.dot(value, wt, precision=lax.Precision.HIGHEST)
+
+        acc = lax.fori_loop(0, kh * kw, tap_step, acc)
     o = jnp.arange(cop)
     out_idx = (b * h_img * w_img + p)[:, None] * cout + o[None, :]
     omask = pmask[:, None] & (o < cout)[None, :]
@@ -184,8 +190,9 @@ def _bwd_kernel(x_ref, g_ref, *refs, meta):
     gk_rows = jnp.arange(cp)[:, None]
     gk_cols = o[None, :]
     gk_mask = (gk_rows < cin) & (gk_cols < cout)
-    for n in range(d_n):
-        for tap in range(kh * kw):
+    for n in range(d_n):  # as in the forward: branches unrolled, taps in a loop
+
+        def tap_step(tap, carry, n=n):
             value, (top, bottom, v00, v01, v10, v11, ly, valid), obase, m2 = _tap_samples(
                 x_ref, off_refs[n], b=b, p=p, pmask=pmask, c=c, cmask=cmask, tap=tap,
                 dil=meta["dilations"][n], hw=(h_img, w_img), cin=cin, kw=kw, k2=(kh, kw),
@@ -204,6 +211,9 @@ def _bwd_kernel(x_ref, g_ref, *refs, meta):
             part = jnp.dot(value.T, g, precision=lax.Precision.HIGHEST)  # [CP, COP]
             gk_idx = ((pid * d_n * kh * kw + t) * cin + gk_rows) * cout + gk_cols
             plgpu.store(gk_ref.at[_store_index(gk_mask, gk_idx, gk_ref)], part, mask=gk_mask)
+            return carry
+
+        lax.fori_loop(0, kh * kw, tap_step, 0)
 
 
 def _meta(x_shape, kernel_shape, dilations, block_pixels, num_warps):
