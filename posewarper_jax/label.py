@@ -25,6 +25,7 @@ import json
 import os
 import sys
 
+from posewarper_jax import cli
 from posewarper_jax.apps.outputs import run_command, staged
 from posewarper_jax.data import user_labels, video_frames
 
@@ -71,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=7, help="label every k-th frame (7)")
     parser.add_argument("--first", type=int, default=0, help="first frame to label (0)")
     parser.add_argument("--out", required=True, help="output directory")
+    cli.add_debug_flag(parser)
     return parser.parse_args(argv)
 
 

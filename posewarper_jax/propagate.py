@@ -41,6 +41,7 @@ import os
 import sys
 import tempfile
 
+from posewarper_jax import cli
 from posewarper_jax.apps.outputs import run_command, staged
 from posewarper_jax.data import user_labels, video_frames
 
@@ -82,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overlay", default="", help="write an overlay video (.mp4) here")
     parser.add_argument("--html", default="", help="write an offline viewer page here")
     parser.add_argument("--html-refer", action="store_true", help="frames beside the page")
+    cli.add_debug_flag(parser)
     return parser.parse_args(argv)
 
 

@@ -12,7 +12,8 @@ Every box gets a pose from the trained model of a main-job workdir (``--poses``:
 temporal aggregation over t−2..t+2, or the single-frame HRNet), and the people get track ids
 (``--tracker``: ``posewarper``, OKS matching against each person of the previous frame moved
 to this frame by the warping head; ``iou``, box IoU with the previous frame;
-``apps.detect_track``). Joints scoring below ``--min-score`` are left out of the output.
+``apps.detect_track``). Joints scoring below ``--min-score`` (0.4) are left out of the
+output (poseval counts every written joint; a joint that is off is a false positive).
 
 Writes into ``--out`` (staged: a failed run leaves it as it was) ``posetrack18/<video>.json``
 (poses, per-joint scores, track ids; ``python -m posewarper_jax.evaluate --track`` scores it
@@ -28,6 +29,7 @@ import os
 import sys
 import tempfile
 
+from posewarper_jax import cli
 from posewarper_jax.apps.outputs import run_command, staged
 from posewarper_jax.data import video_frames
 
@@ -48,7 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--poses", default="aggregation", choices=POSE_METHODS)
     parser.add_argument("--tracker", default="posewarper", choices=TRACKERS)
     parser.add_argument("--box-threshold", type=float, default=0.0)
-    parser.add_argument("--min-score", type=float, default=0.2, help="joints kept (0.2)")
+    parser.add_argument(
+        "--min-score", type=float, default=0.4, help="joints scoring less are not written (0.4)"
+    )
     flip = parser.add_mutually_exclusive_group()
     flip.add_argument("--flip-test", dest="flip_test", action="store_true", default=None)
     flip.add_argument("--no-flip-test", dest="flip_test", action="store_false")
@@ -56,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overlay", default="", help="write an overlay video (.mp4) here")
     parser.add_argument("--html", default="", help="write an offline viewer page here")
     parser.add_argument("--html-refer", action="store_true", help="frames beside the page")
+    cli.add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -106,10 +111,9 @@ def run(args: argparse.Namespace) -> dict:
         warped = None
         if args.tracker == "posewarper":
             warped = detect_track.warp_previous_poses(
-                model.model, model.variables, pred, pipe_cfg, min_score=args.min_score,
-                flip_test=flip,
-            )  # fmt: skip
-        tracked = detect_track.track(pred, args.tracker, warped=warped, min_score=args.min_score)
+                model.model, model.variables, pred, pipe_cfg, flip_test=flip
+            )
+        tracked = detect_track.track(pred, args.tracker, warped=warped)
         tracked = detect_track.keep_confident_joints(tracked, args.min_score)
         video = tracked.videos[0]
         with staged(args.out) as tmp:

@@ -194,3 +194,35 @@ def test_evaluate_cli_track(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: ") and "appear twice" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_people_without_joints_follow_the_file_format():
+    """A prediction without joints: poseval keeps it from a PoseTrack18 file (an empty point
+    list) and drops it from a PoseTrack17 file (empty ``annopoints``). Alone on a frame, it
+    makes that frame one without predictions in the second case: poseval's fake object and
+    hypothesis instead of the frame's real ground truth."""
+    gt, pred = hand_built()
+    # v's frame 3: the two predictions lose their joints.
+    for p in pred.videos[0].frames[3].people:
+        p.keypoints[:] = 0
+    kept = tracking.posetrack_tracking(gt, pred)["counts"]
+    # Frame 3 now: 2 objects, 2 misses, no false positive (was 1 match, 1 miss, 1 FP).
+    np.testing.assert_array_equal(kept["num_objects"], 10)
+    np.testing.assert_array_equal(kept["num_misses"], 3)
+    np.testing.assert_array_equal(kept["num_false_positives"], 1)
+    pred.fmt = "posetrack17"
+    dropped = tracking.posetrack_tracking(gt, pred)["counts"]
+    # The fake pair: 1 object, 1 miss, 1 false positive per joint.
+    np.testing.assert_array_equal(dropped["num_objects"], 9)
+    np.testing.assert_array_equal(dropped["num_misses"], 2)
+    np.testing.assert_array_equal(dropped["num_false_positives"], 2)
+
+
+def test_motp_as_poseval_sums_it():
+    """poseval's MOTP sums the ``D`` column of motmetrics' event table; with motmetrics >= 1.2
+    that table repeats each match in a ``RAW`` row and each switch in a ``TRANSFER`` row."""
+    gt, pred = hand_built()
+    out = tracking.posetrack_tracking(gt, pred)
+    # 8 matches at 0.2 (v: 7, w: 1), each also a RAW row; v's frame 2: 2 switches, each with
+    # a TRANSFER row at 0.2: (8 * 0.2 * 2 + 2 * 0.2) / 8 = 0.45.
+    np.testing.assert_allclose(out["motp_poseval"], 55.0, atol=1e-4)

@@ -8,9 +8,9 @@
 * ``staged_file(path)``: the same for one file: a temporary name beside ``path`` (same
   suffix, so that writers that pick a format by suffix, such as OpenCV's ``VideoWriter``,
   still do), renamed to ``path`` on success, removed on failure.
-* ``run_command(fn, args)``: runs a command body; expected failures (bad input: a
-  ``ValueError``, a missing file, an ``OSError``) print ``error: <message>`` on one line to
-  stderr and give exit status 2.
+* ``run_command(fn, args)``: runs a command body in the project's error style
+  (``cli.guarded``): expected failures (bad input: a ``ValueError``, a missing file, an
+  ``OSError``) print ``error: <message>`` on one line to stderr and give exit status 2.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -85,13 +84,13 @@ def staged_file(path: str) -> Iterator[str]:
 
 
 def run_command(fn: Callable[[Any], Any], args: Any) -> int:
-    """``fn(args)``; 0 on success, 2 with ``error: <message>`` on stderr for bad input."""
-    try:
+    """``fn(args)`` in the project's error style (``cli.guarded``): 0 on success; bad input
+    (the project's ``cli.ExpectedError``\\ s, a ``ValueError``, a missing file, an
+    ``OSError``) prints ``error: <message>`` on one line to stderr and gives exit status 2;
+    ``args.debug`` (``--debug``) shows the traceback instead."""
+    from posewarper_jax import cli
+
+    def body() -> None:
         fn(args)
-    except EXPECTED_ERRORS as e:
-        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
-            message = f"{e.filename}: {e.strerror or message}"
-        print(f"error: {' '.join(message.split())}", file=sys.stderr)
-        return 2
-    return 0
+
+    return cli.guarded(body, debug=bool(getattr(args, "debug", False)), expected=EXPECTED_ERRORS)

@@ -12,7 +12,8 @@ appearance). Two similarities:
   each person of t − 1 *moved to frame t by a motion model* and each person of t: with
   PoseWarper as the motion model, the pose of t − 1 is rendered as heatmaps and warped onto
   frame t by the warping head (``apps.detect_track.warp_previous_poses``), so a person is
-  matched where it has moved to, not where it was.
+  matched where it has moved to, not where it was. ``shift_boxes`` moves the boxes of t − 1
+  with the same motion (``apps.detect_track`` averages OKS and the IoU of the moved boxes).
 
 ``link_tracks(similarities, counts, threshold)`` does the linking for one video;
 ``track_dataset`` applies it to a prediction data set. Nothing here reads images or runs a
@@ -36,6 +37,7 @@ __all__ = [
     "link_tracks",
     "oks_matrix",
     "pose_arrays",
+    "shift_boxes",
     "track_dataset",
 ]
 
@@ -82,6 +84,26 @@ def oks_matrix(
     both = a_has[:, None, :] & b_has[None, :, :]
     n = both.sum(axis=-1)
     return np.where(n > 0, (e * both).sum(axis=-1) / np.maximum(n, 1), 0.0)
+
+
+def shift_boxes(
+    boxes: np.ndarray,
+    xy: np.ndarray,
+    has: np.ndarray,
+    moved_xy: np.ndarray,
+    moved_has: np.ndarray,
+    min_joints: int = 3,
+) -> np.ndarray:
+    """Boxes ``[N, 4]`` moved with their people: each by the median over the joints present
+    before (``xy``, ``has`` ``[N, J]``) and after (``moved_xy``, ``moved_has``) of the joint
+    motion; a box with fewer than ``min_joints`` such joints stays where it is."""
+    out = np.asarray(boxes, np.float64).reshape(-1, 4).copy()
+    xy, moved_xy = np.asarray(xy, np.float64), np.asarray(moved_xy, np.float64)
+    both = np.asarray(has, bool) & np.asarray(moved_has, bool)
+    for i in range(len(out)):
+        if both[i].sum() >= min_joints:
+            out[i, :2] += np.median(moved_xy[i][both[i]] - xy[i][both[i]], axis=0)
+    return out
 
 
 def assign(similarity: np.ndarray, threshold: float) -> list[tuple[int, int]]:

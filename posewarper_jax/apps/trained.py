@@ -27,6 +27,7 @@ import ml_collections as mlc
 import optax
 
 from posewarper_jax import experiment, training
+from posewarper_jax.cli import ExpectedError
 from posewarper_jax.data import pipeline as pipeline_lib
 
 __all__ = ["STAGES", "CheckpointError", "TrainedModel", "load_trained"]
@@ -34,7 +35,7 @@ __all__ = ["STAGES", "CheckpointError", "TrainedModel", "load_trained"]
 STAGES = {"stage1": 1, "stage2": 2, "stage1_augmented": 1}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ExpectedError, ValueError):
     """A workdir or checkpoint that cannot give the model; the message names the path."""
 
 

@@ -29,6 +29,8 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 import cv2  # noqa: E402
 
+from posewarper_jax.cli import ExpectedError  # noqa: E402
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "VIDEO_SUFFIXES",
@@ -46,7 +48,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
 
 
-class VideoError(ValueError):
+class VideoError(ExpectedError, ValueError):
     """A video or frame directory that cannot be used; the message names the path."""
 
 

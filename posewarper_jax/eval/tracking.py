@@ -12,7 +12,11 @@ poseval's (``eval_helpers.load_data_dir``, ``cleanupData``, ``removeIgnoredPoint
   out** (poseval's ``imgidxs[:-1]``); ``drop_last_frame=False`` scores it too.
 * Joints. Labeled joints (``v > 0``) only. Joints inside the ground-truth frame's ignore
   regions are removed from both sides, and on such frames a person left without joints is
-  removed.
+  removed. A person without any joint is removed from a side read from PoseTrack17 files
+  (poseval's ``cleanupData`` drops an ``annorect`` whose ``annopoints`` is empty) and kept on
+  a side read from PoseTrack18 files (poseval's converter gives it an empty point list, which
+  ``cleanupData`` keeps): it matches nothing, but a frame where it is the only prediction is
+  not a frame without predictions. The side's format is its data set's ``fmt``.
 * One multi-object-tracking problem per joint and video: on every frame the objects are the
   ground-truth people that have that joint (ids: their track ids), the hypotheses the
   predicted people that have it (ids: their track ids), and the distance of a pair is
@@ -37,7 +41,8 @@ poseval's (``eval_helpers.load_data_dir``, ``cleanupData``, ``removeIgnoredPoint
 The distance sum is that of the matched pairs (motmetrics' own MOTP). poseval sums the
 ``D`` column of ``MOTAccumulator.events``, which is the same with the ``motmetrics`` of its
 time; from ``motmetrics`` 1.2 on that table also holds the candidate pairs (``RAW``) and
-``TRANSFER`` rows, and poseval's MOTP then differs. MOTA, precision and recall do not use it.
+``TRANSFER`` rows, and poseval's MOTP then differs: ``motp_poseval`` is that figure, with
+the installed ``motmetrics``. MOTA, precision and recall do not use it.
 """
 
 from __future__ import annotations
@@ -126,12 +131,12 @@ def frame_mot_inputs(
     return out
 
 
-def _people(frame_people, frame, where, ignore: bool):
+def _people(frame_people, frame, where, drop_empty: bool):
     xy, has, _ = _frame_arrays(
         frame_people, frame, False, where, neck="head_bottom", missing_scores="min_score"
     )
     keep = np.ones(len(frame_people), bool)
-    if ignore and frame.ignore_regions:
+    if drop_empty or frame.ignore_regions:
         keep = has.any(axis=1)
     return [p for p, k in zip(frame_people, keep) if k], xy[keep], has[keep]
 
@@ -173,7 +178,9 @@ def posetrack_tracking(
     import motmetrics as mm
 
     k = NUM_POSEVAL_JOINTS
-    counts = {name: np.zeros(k) for name in (*MOT_COUNTS, "num_detections", "sum_distance")}
+    gt_drop, pred_drop = gt.fmt == "posetrack17", pred.fmt == "posetrack17"
+    names = (*MOT_COUNTS, "num_detections", "sum_distance", "sum_distance_events")
+    counts = {name: np.zeros(k) for name in names}
     metrics = mm.metrics.create()
     num_frames = 0
     for video, pvideo in _paired_videos(gt, pred):
@@ -184,8 +191,10 @@ def posetrack_tracking(
         for frame, pframe in frames:
             num_frames += 1
             where = f"video {video.name!r} frame {frame.index}"
-            g_people, g_xy, g_has = _people(frame.people, frame, f"ground truth, {where}", True)
-            p_people, p_xy, p_has = _people(pframe.people, frame, f"predictions, {where}", True)
+            g_people, g_xy, g_has = _people(frame.people, frame, f"ground truth, {where}", gt_drop)
+            p_people, p_xy, p_has = _people(
+                pframe.people, frame, f"predictions, {where}", pred_drop
+            )
             heads = np.full(len(g_people), np.nan)
             for g, person in enumerate(g_people):
                 if not g_has[g].any():
@@ -216,6 +225,8 @@ def posetrack_tracking(
                 counts[name][j] += float(got[name])
             if got["num_detections"] > 0:
                 counts["sum_distance"][j] += float(got["motp"]) * float(got["num_detections"])
+            events = float(accs[j].events["D"].sum())
+            counts["sum_distance_events"][j] += 0.0 if np.isnan(events) else events
     out = mot_summary(counts)
     out["num_frames"] = num_frames
     return out
@@ -240,6 +251,8 @@ def mot_summary(counts: dict[str, np.ndarray]) -> dict:
     mota = 100 * (1 - _ratio(errors, c["num_objects"]))
     det = c["num_detections"]
     motp = np.where(det > 0, 100 * (1 - _ratio(c["sum_distance"], det)), 0.0)
+    events = c.get("sum_distance_events", c["sum_distance"])
+    motp_poseval = np.where(det > 0, 100 * (1 - _ratio(events, det)), 0.0)
     precision = 100 * _ratio(det, det + c["num_false_positives"])
     recall = 100 * _ratio(det, c["num_objects"])
     return {
@@ -248,11 +261,13 @@ def mot_summary(counts: dict[str, np.ndarray]) -> dict:
         "motp": motp.tolist(),
         "precision": precision.tolist(),
         "recall": recall.tolist(),
+        "motp_poseval": motp_poseval.tolist(),
         "total": {
             "mota": _mean_valid(mota),
             "motp": _mean_valid(motp),
             "precision": _mean_valid(precision),
             "recall": _mean_valid(recall),
+            "motp_poseval": _mean_valid(motp_poseval),
         },
         "counts": {name: v.tolist() for name, v in c.items()},
     }

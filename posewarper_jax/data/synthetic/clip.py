@@ -32,6 +32,7 @@ import tempfile
 import cv2
 import numpy as np
 
+from posewarper_jax import cli
 from posewarper_jax.apps.outputs import run_command, staged, staged_file
 from posewarper_jax.data import posetrack
 from posewarper_jax.data.synthetic.config import get_config
@@ -161,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     fill.add_argument("--template", required=True, help="labels_coco.json written by label")
     fill.add_argument("--gt", required=True, help="the clip's ground truth (<clip>.json)")
     fill.add_argument("--out", required=True, help="the filled labels file")
+    for command in (make, fill):
+        cli.add_debug_flag(command)
     return run_command(_run, parser.parse_args(argv))
 
 
