@@ -106,7 +106,9 @@ def test_switch_on_deform_conv2d_multi():
     # On this CPU backend "auto" is the jnp operator: no Pallas call in the program.
     jaxpr = str(jax.make_jaxpr(lambda *a: deform_conv2d_multi(*a, impl="auto", **kw))(x, offs, ks))
     assert "pallas_call" not in jaxpr
-    jaxpr = str(jax.make_jaxpr(lambda *a: deform_conv2d_multi(*a, impl="pallas", **kw))(x, offs, ks))
+    jaxpr = str(
+        jax.make_jaxpr(lambda *a: deform_conv2d_multi(*a, impl="pallas", **kw))(x, offs, ks)
+    )
     assert "pallas_call" in jaxpr
     _close(deform_conv2d_multi(x, offs, ks, impl="pallas", **kw), _reference(x, offs, ks, dils))
     with pytest.raises(ValueError, match="impl must be one of"):
