@@ -17,8 +17,10 @@ Every finished piece leaves its result on disk (checkpoints, ``done.json``, pred
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import time
 from typing import Any
 
@@ -261,6 +263,9 @@ def pretrain(config: mlc.ConfigDict, workdir: str, initial: dict, stage) -> dict
     variables = stage("pretrain", 1, initial, dataset, config.pretrain)
     out = os.path.join(workdir, PRETRAINED_BACKBONE)
     if jax.process_index() == 0 and not os.path.exists(out):
+        # The temporary folder of an export killed midway (Orbax renames it when complete).
+        for leftover in glob.glob(glob.escape(out) + ".orbax-checkpoint-tmp*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         backbone = {k: variables[k]["backbone"] for k in ("params", "batch_stats")}
         metadata = {
             "format_version": convert.FORMAT_VERSION,

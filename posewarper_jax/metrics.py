@@ -21,6 +21,26 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def _drop_partial_line(path: str) -> None:
+    """Cuts a last line without its newline (a run killed while writing it), so that the
+    next run's records start on a line of their own."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            start = max(0, size - (1 << 16))
+            f.seek(start)
+            tail = f.read()
+            cut = tail.rfind(b"\n")
+            f.truncate(start + cut + 1 if cut >= 0 else start)
+    except FileNotFoundError:
+        pass
+
+
 class MetricWriter:
     """Writes scalars to ``workdir/metrics.jsonl`` and ``workdir/tensorboard``.
 
@@ -33,7 +53,9 @@ class MetricWriter:
         self._jsonl = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            path = os.path.join(workdir, "metrics.jsonl")
+            _drop_partial_line(path)
+            self._jsonl = open(path, "a")  # noqa: SIM115
             try:
                 from tensorboardX import SummaryWriter
 

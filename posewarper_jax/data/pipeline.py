@@ -116,7 +116,8 @@ def note_bad_image(err: BadImageError, log: str = "") -> None:
     if log:
         import json
 
-        line = json.dumps({"path": getattr(err, "path", None), "reason": str(err)}) + "\n"
+        # A leading newline: a line cut short by a killed process stays a line of its own.
+        line = "\n" + json.dumps({"path": getattr(err, "path", None), "reason": str(err)})
         with open(log, "a", encoding="utf-8") as f:  # one short append: atomic on POSIX
             f.write(line)
 
