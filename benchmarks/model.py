@@ -53,8 +53,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import optax
+from jax import lax
 
 from posewarper_jax import training
+from posewarper_jax.models import layers
 from posewarper_jax.models.hrnet import HRNET_VARIANTS, HRNet, get_hrnet_config
 from posewarper_jax.models.posewarper import PoseWarper
 from posewarper_jax.models.warping import WarpingHead, get_head_config
@@ -124,11 +126,12 @@ def bench(name, fn, args, *, items, iters, warmup=2, carry=False, **info):
 
     for _ in range(warmup):
         jax.block_until_ready(call())
-    times = []
+    times, cpu = [], []
     for _ in range(iters):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         jax.block_until_ready(call())
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     sec = statistics.median(times)
     flops = _flops(compiled)
     peak = _peak_bytes()
@@ -140,6 +143,8 @@ def bench(name, fn, args, *, items, iters, warmup=2, carry=False, **info):
         "compile": True,
         "compile_s": round(compile_s, 2),
         "median_s": sec,
+        # Process CPU time (all threads): steadier than wall time on a shared CPU machine.
+        "median_cpu_s": statistics.median(cpu),
         "items_per_s": items / sec,
         "gflops_per_call": flops / 1e9,
         "achieved_tflops_per_s": flops / sec / 1e12,
@@ -165,6 +170,15 @@ def _parse(argv):
     p.add_argument("--quick", action="store_true", help=f"tiny sizes: {QUICK}")
     p.add_argument(
         "--isolate", action="store_true", help="one process per case (per-case peak memory)"
+    )
+    p.add_argument(
+        "--conv",
+        default="project",
+        choices=("project", "lax"),
+        help="conv layers: the project's (lax forward, GEMM backward on CPUs) or plain lax",
+    )
+    p.add_argument(
+        "--deform-impl", default="auto", choices=("auto", "xla", "pallas"), help="model.deform_impl"
     )
     args = p.parse_args(argv)
     if args.quick:
@@ -192,11 +206,15 @@ def main(argv=None):
         _run_isolated(argv, args.cases)
         return
     cases = args.cases
+    if args.conv == "lax":  # the comparison: every conv layer on lax's own autodiff
+        layers.conv_general_dilated = lax.conv_general_dilated
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     b, (h, w) = args.batch, args.size
     hcfg = get_hrnet_config(args.backbone, dtype=dtype)
-    head_cfg = get_head_config("default", dtype=dtype, **HEADS[args.head])
+    head_cfg = get_head_config(
+        "default", dtype=dtype, deform_impl=args.deform_impl, **HEADS[args.head]
+    )
     model = PoseWarper(hrnet_config=hcfg, head_config=head_cfg)
     variables = training.init_variables(model, (h, w), 0)
     dev = jax.devices()[0]
@@ -210,6 +228,8 @@ def main(argv=None):
         dtype=args.dtype,
         amp=args.dtype == "bfloat16",
         jax=jax.__version__,
+        conv=args.conv,
+        deform_impl=args.deform_impl,
         peak_scope="case" if len(cases) == 1 else "process",
     )
     kw = dict(iters=args.iters, warmup=args.warmup, **info)
