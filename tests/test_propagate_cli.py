@@ -23,7 +23,7 @@ from user_video import (
     write_test_video,
 )
 
-from posewarper_jax import evaluate, experiment, propagate
+from posewarper_jax import evaluate, experiment, label, propagate
 from posewarper_jax.apps import dense_labels, propagation, trained
 from posewarper_jax.data import posetrack, sparse
 from posewarper_jax.eval import posetrack_map
@@ -202,6 +202,9 @@ def test_cli_scores_equal_the_main_jobs_propagation(synthetic, tmp_path, capsys)
     (labels_file,) = posetrack.write_posetrack18(val_sparse, str(labels_dir))
     posetrack.write_posetrack18(val_held, str(held_dir))
     frames_dir = os.path.dirname(video.frames[0].path)
+    # label reads the embedded frames too.
+    assert label.main(["--video", frames_dir, "--every", "3", "--out", str(tmp_path / "job")]) == 0
+    assert len(os.listdir(tmp_path / "job" / "frames")) == len(range(0, video.nframes, 3))
     out = tmp_path / "dense"
     code, _, stderr = _run(
         capsys, "--video", frames_dir, "--labels", labels_file, "--checkpoint", workdir,
