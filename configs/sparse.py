@@ -26,7 +26,7 @@ Variants (``configs/sparse.py:key=value,...``):
   gpu             the default experiment (same data, pre-training, recipe, coding and
                   evaluation) with the paper's network and resolution: HRNet-W48 at 384x288,
                   96x72 heatmaps (sigma 3), the full warping head; sized for one GPU.
-  smoke           with any of the above: the tiny data set and 3 steps of every stage, at the
+  smoke           with any of the above: the tiny data set and 4 steps of every stage, at the
                   variant's model and resolution (checks that a configuration runs end to end).
   backbone=NAME   HRNet variant: tiny, small, w32, w48.
   V=INT, N=INT    V labeled videos x N labeled frames per video (instead of every 7th frame).
@@ -217,51 +217,26 @@ def get_config(arg=None):
     c.augment.match_stage1_steps = True
 
     # ------------------------------------------------------------------ variants
+    if args.get("paper") or args.get("gpu"):
+        _paper_network(c, args)
     if args.get("paper"):
-        c.model.backbone = str(args.get("backbone", "w48"))
-        c.model.head_channels = 128
-        c.model.head_blocks = 20
-        c.model.dilations = PAPER_DILATIONS
-        c.input.image_size = (384, 288)
-        c.input.sigma = 3.0
         # The paper's heatmap coding (HRNet's) and evaluation, for parity with its numbers.
         c.input.target_encoding = "integer"
         c.eval.decoding = "quarter"
         c.eval.flip_test = False
-        c.input.num_workers = 8
         c.stage1 = stage(epochs=10, lr=1e-4, lr_steps=(5, 7), batch_size=64)
         c.stage2 = stage(epochs=20, lr=1e-4, lr_steps=(10, 15), batch_size=64)
         c.pretrain.batch_size = 64
         c.checkpoint_every = 1000
         c.log_every = 100
     if args.get("gpu"):
-        c.model.backbone = str(args.get("backbone", "w48"))
-        c.model.head_channels = 128
-        c.model.head_blocks = 20
-        c.model.dilations = PAPER_DILATIONS
-        c.input.image_size = (384, 288)
-        c.input.sigma = 3.0
-        c.input.num_workers = 8
         c.eval.batch_size = 64
         c.checkpoint_every = 500
-    if args.get("smoke"):
+    if args.get("smoke") or args.get("runlocal"):
+        # The tiny data set in its own root (a smoke test leaves the default's data sets
+        # alone) and a few steps of every stage.
         c.data.synthetic_preset = "tiny"
         c.data.root = str(args.get("root", "data/synthetic_tiny"))
-        c.pretrain.synthetic_preset = "tiny"
-        for s in (c.pretrain, c.stage1, c.stage2):
-            s.max_steps = 3
-            s.batch_size = 8
-        c.checkpoint_every = 2
-        c.log_every = 1
-        c.eval.batch_size = 8
-    if args.get("runlocal"):
-        c.data.synthetic_preset = "tiny"
-        # Its own data root, so a smoke test leaves the default's data sets alone.
-        c.data.root = str(args.get("root", "data/synthetic_tiny"))
-        c.model.backbone = str(args.get("backbone", "tiny"))
-        c.model.head_channels = 16
-        c.model.head_blocks = 2
-        c.model.dilations = (3, 6)
         c.pretrain.synthetic_preset = "tiny"
         for s in (c.pretrain, c.stage1, c.stage2):
             s.max_steps = 4
@@ -269,10 +244,26 @@ def get_config(arg=None):
         c.checkpoint_every = 2
         c.log_every = 1
         c.eval.batch_size = 8
+    if args.get("runlocal"):
+        c.model.backbone = str(args.get("backbone", "tiny"))
+        c.model.head_channels = 16
+        c.model.head_blocks = 2
+        c.model.dilations = (3, 6)
     # What stage 2 compares the warped B with: ground_truth (A's labels, the paper) or backbone
     # (the frozen backbone's heatmaps of A: self-supervised, the head learns motion only).
     c.stage2.target = "ground_truth"
     return c
+
+
+def _paper_network(c, args):
+    """HRNet-W48 (or ``backbone=``) at 384x288 with 96x72 heatmaps and the paper's head."""
+    c.model.backbone = str(args.get("backbone", "w48"))
+    c.model.head_channels = 128
+    c.model.head_blocks = 20
+    c.model.dilations = PAPER_DILATIONS
+    c.input.image_size = (384, 288)
+    c.input.sigma = 3.0
+    c.input.num_workers = 8
 
 
 def get_sweep(arg=None):

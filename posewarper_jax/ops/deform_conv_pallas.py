@@ -130,20 +130,24 @@ def _load_tile(ref, t, shape_pad):
     return plgpu.load(ref.at[idx]).astype(jnp.float32)
 
 
+def _program_block(meta):
+    """This program's image b, its pixels p [P] (flat h * W + w) and channels c [CP], masked."""
+    nblk, bp = meta["blocks_per_image"], meta["block_pixels"]
+    pid = pl.program_id(0)
+    b = pid // nblk
+    p = (pid - b * nblk) * bp + jnp.arange(bp)
+    c = jnp.arange(meta["cp"])
+    return pid, b, p, p < meta["hw"][0] * meta["hw"][1], c, c < meta["cin"]
+
+
 def _fwd_kernel(x_ref, *refs, meta):
     d_n = meta["num_branches"]
     off_refs, k_ref, o_ref = refs[:d_n], refs[d_n], refs[d_n + 1]
     h_img, w_img = meta["hw"]
     cin, cout, cp, cop = meta["cin"], meta["cout"], meta["cp"], meta["cop"]
     kh, kw = meta["k2"]
-    nblk, bp = meta["blocks_per_image"], meta["block_pixels"]
-    pid = pl.program_id(0)
-    b = pid // nblk
-    p = (pid - b * nblk) * bp + jnp.arange(bp)
-    pmask = p < h_img * w_img
-    c = jnp.arange(cp)
-    cmask = c < cin
-    acc = jnp.zeros((bp, cop), jnp.float32)
+    pid, b, p, pmask, c, cmask = _program_block(meta)
+    acc = jnp.zeros((p.shape[0], cop), jnp.float32)
     # Branches unrolled (each has its own offsets array and dilation), taps in a loop: an
     # unrolled (branch, tap) nest makes a program Triton compiles very slowly.
     for n in range(d_n):
@@ -173,13 +177,7 @@ def _bwd_kernel(x_ref, g_ref, *refs, meta):
     h_img, w_img = meta["hw"]
     cin, cout, cp, cop = meta["cin"], meta["cout"], meta["cp"], meta["cop"]
     kh, kw = meta["k2"]
-    nblk, bp = meta["blocks_per_image"], meta["block_pixels"]
-    pid = pl.program_id(0)
-    b = pid // nblk
-    p = (pid - b * nblk) * bp + jnp.arange(bp)
-    pmask = p < h_img * w_img
-    c = jnp.arange(cp)
-    cmask = c < cin
+    pid, b, p, pmask, c, cmask = _program_block(meta)
     o = jnp.arange(cop)
     omask = pmask[:, None] & (o < cout)[None, :]
     g_idx = (b * h_img * w_img + p)[:, None] * cout + o[None, :]
