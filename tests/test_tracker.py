@@ -239,5 +239,5 @@ def test_job_tracking_rows_files_and_report_table(tmp_path):
         {"config": {}, "propagation": {}, "detection": {}, "extra": {"tracking": rows}}
     )
     assert "## Detect and track" in md
-    assert "| PoseWarper motion model (OKS to the warped previous poses) | **100.0** |" in md
+    assert "| PoseWarper motion model (previous poses warped to the frame) | **100.0** |" in md
     assert "| Box IoU with the previous frame (no motion model) | 50.0 |" in md

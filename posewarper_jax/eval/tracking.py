@@ -299,7 +299,7 @@ def format_mot_table(summary: dict, title: str = "Multiple Object Tracking (MOT)
 
 TRACKING_TITLE = "Detect and track (validation videos; poseval's MOTA, MOTP, precision, recall)"
 TRACKER_LABELS = {
-    "posewarper": "PoseWarper motion model (OKS to the warped previous poses)",
+    "posewarper": "PoseWarper motion model (previous poses warped to the frame)",
     "iou": "Box IoU with the previous frame (no motion model)",
 }
 
