@@ -224,7 +224,7 @@ def restore_state(directory: str, like: dict, step: int | None = None) -> dict:
 
 def _reason(err: BaseException) -> str:
     text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:300]}"
+    return f"{type(err).__name__}: {text[:160]}" + ("..." if len(text) > 160 else "")
 
 
 def _set_aside(ckpt_dir: str, step: int) -> str:
