@@ -32,10 +32,15 @@ trap 'rm -rf "$workdir"' EXIT
 
 # Runs one benchmark (at most SUITE_TIMEOUT seconds, so one slow compile cannot eat the
 # whole run); passes its JSON lines through, everything else to stderr.
+# SUITE_DRY_RUN=1 prints each command as a "suite" line instead of running it.
 run() {
   local part=$1
   shift
   local t0=$SECONDS rc
+  if [ -n "${SUITE_DRY_RUN:-}" ]; then
+    printf '{"suite": "%s", "cmd": "%s", "rc": 0, "dry_run": true}\n' "$part" "${*//\"/}"
+    return 0
+  fi
   timeout "${SUITE_TIMEOUT:-300}" "$@" 2> >(sed "s/^/[$part] /" >&2) |
     awk -v p="[$part] " '/^\{/ {print; fflush(); next} {print p $0 > "/dev/stderr"}'
   rc=${PIPESTATUS[0]}
