@@ -53,7 +53,9 @@ With the JAX persistent compilation cache (default; ``--no-compile-cache`` turns
 shared by both workdirs, a restart does not compile again what the reference compiled.
 
 Prints one line per kill and one JSON line with the outcome (``ok``: no difference); writes
-the same to ``DIR/chaos.json``. Exit status 0 when the results are equal, 1 otherwise.
+the same to ``DIR/chaos.json``. Exit status 0 when the results are equal, 1 otherwise. A
+campaign in a ``--dir`` whose reference finished before (``DIR/reference.json``) reuses it
+(same config and code assumed) and starts the killed runs over.
 """
 
 from __future__ import annotations
@@ -157,9 +159,10 @@ def _data_done(folder: str) -> bool:
     return len(roots) >= 2 and all(os.path.exists(os.path.join(r, "info.json")) for r in roots)
 
 
-def _phase_now(folder: str, attempt: Attempt) -> str:
-    """What the job was doing, read off the disk and the console."""
-    if _tmp_checkpoints(folder):
+def _phase_now(folder: str, attempt: Attempt, stale: set[str]) -> str:
+    """What the job was doing, read off the disk and the console (``stale``: temporary
+    checkpoint folders left by an earlier kill, which the job removes when it gets there)."""
+    if set(_tmp_checkpoints(folder)) - stale:
         return "checkpoint"
     if _generating(folder) or (not _data_done(folder) and attempt.seen(r"^data: ") is None):
         return "data"
@@ -209,13 +212,13 @@ def _fresh(paths: list[str], since: float) -> int:
     return count
 
 
-def _events(target: str, folder: str, attempt: Attempt, since: float) -> int:
+def _events(target: str, folder: str, attempt: Attempt, since: float, stale: set[str]) -> int:
     """How many events of ``target``'s kind this attempt has reached (see ``one_kill``)."""
     run = _run_dir(folder)
     if target == "data":
         return int(_generating(folder))
     if target == "checkpoint":
-        return int(bool(_tmp_checkpoints(folder)))
+        return int(bool(set(_tmp_checkpoints(folder)) - stale))
     if target == "training":
         return sum(1 for _, line in list(attempt.lines) if STEP_LINE.match(line))
     if target == "evaluation":
@@ -248,14 +251,15 @@ def one_kill(target: str, folder: str, config: str, env: dict, rng, log: str) ->
         "report": (rng.randint(1, len(FIGURES)), rng.uniform(0.0, 0.3)),
     }[target]
     since = time.time()
+    stale = set(_tmp_checkpoints(folder))  # left by the previous kill
     attempt = Attempt(folder, config, env, log)
     triggered = None
     while attempt.proc.poll() is None:
         now = attempt.elapsed()
-        if triggered is None and _events(target, folder, attempt, since) >= need:
+        if triggered is None and _events(target, folder, attempt, since, stale) >= need:
             triggered = now
         if triggered is not None and now >= triggered + delay:
-            phase = _phase_now(folder, attempt)
+            phase = _phase_now(folder, attempt, stale)
             last = attempt.lines[-1][1] if attempt.lines else ""
             attempt.kill()
             return {
@@ -423,15 +427,26 @@ def campaign(kills: int, seed: int, folder: str, config: str, compile_cache: boo
             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
         )
     ref_base, chaos_base = os.path.join(folder, "reference"), os.path.join(folder, "chaos")
+    shutil.rmtree(chaos_base, ignore_errors=True)  # the killed runs start from nothing
     for d in (ref_base, chaos_base):
         os.makedirs(d, exist_ok=True)
     t_start = time.monotonic()
 
-    ref = Attempt(ref_base, config, env, os.path.join(folder, "reference.err"))
-    if ref.wait() != 0:
-        raise SystemExit(f"the reference run failed: see {folder}/reference.err")
-    t_ref = ref.elapsed()
-    print(f"reference: {t_ref:.0f} s", flush=True)
+    ref_record = os.path.join(folder, "reference.json")
+    if os.path.exists(ref_record):  # a finished reference of an earlier campaign in DIR
+        with open(ref_record) as f:
+            t_ref = json.load(f)["seconds"]
+        print(f"reference: reused ({t_ref:.0f} s when it ran)", flush=True)
+    else:
+        shutil.rmtree(ref_base, ignore_errors=True)
+        os.makedirs(ref_base)
+        ref = Attempt(ref_base, config, env, os.path.join(folder, "reference.err"))
+        if ref.wait() != 0:
+            raise SystemExit(f"the reference run failed: see {folder}/reference.err")
+        t_ref = ref.elapsed()
+        with open(ref_record, "w") as f:
+            json.dump({"seconds": t_ref, "config": config}, f)
+        print(f"reference: {t_ref:.0f} s", flush=True)
     global LAST_SCORE, SCORE_FILES
     scores = sorted(glob.glob(os.path.join(_run_dir(ref_base), "eval", "*.json")))
     scores.sort(key=os.path.getmtime)

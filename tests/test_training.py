@@ -171,6 +171,9 @@ def test_main_job_evaluates_and_writes_every_row_of_the_report(data_root, tmp_pa
     # Copying the nearest label carries ground truth: it finds some joints on tiny data too.
     assert report["propagation"]["copy_nearest"]["Total"] > 0
     assert report["config"]["eval"]["flip_test"] is True
+    # data.skip_bad_images is off: none skipped, and the count is in both report files.
+    assert report["extra"]["counts"]["bad_images_skipped"] == 0
+    assert '"bad_images_skipped": 0' in open(summary["report"]["markdown"]).read()
     for name in ("stage1", "stage2", "stage1_augmented", "propagation.posewarper"):
         assert report["timing_s"][name] > 0
     val = experiment.load_split(c, "val")
