@@ -9,6 +9,12 @@
   ``baselines``: copying the nearest label, Farneback optical flow, single-frame HRNet.
 * ``augment``: pseudo labels propagated to the neighbours of labeled frames.
 * ``report`` / ``draw``: the main job's report and its pictures.
+* One's own video (the ``label``, ``propagate`` and ``track`` commands): ``trained`` (a
+  finished stage of a workdir), ``dense_labels`` (labels propagated to every frame within
+  reach, boxes carried with the pose), ``overlay`` (skeletons over the video, an offline
+  viewer), ``tracker`` (frame-to-frame linking, pure functions) and ``detect_track`` (poses
+  from boxes, the PoseWarper motion model, the job's tracking rows), ``outputs`` (staged
+  writes, the commands' errors).
 """
 
 from posewarper_jax.apps.augment import add_pseudo_labels, pseudo_labels

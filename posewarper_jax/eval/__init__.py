@@ -1,4 +1,5 @@
-"""Measurement: poseval's PoseTrack mAP, COCO OKS AP, OKS NMS and prediction assembly/writing.
+"""Measurement: poseval's PoseTrack mAP, COCO OKS AP, OKS NMS and prediction assembly/writing;
+poseval's tracking metrics (MOTA, MOTP) in ``eval.tracking`` (imported on use: motmetrics).
 
 Everything here is host-side NumPy (pycocotools for the COCO AP); decoding lives in
 ``posewarper_jax.ops.heatmaps``.
