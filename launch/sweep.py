@@ -88,6 +88,8 @@ def _parse(text: str, current, where: str):
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
+        if current is None:
+            return text  # a field without a value yet: any text
         raise SweepError(f"{where}: {text!r} is not a {type(current).__name__}") from None
     _check_type(value, current, where)
     return value
