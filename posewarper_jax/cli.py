@@ -221,6 +221,10 @@ def check_writable_dir(path: str, what: str) -> str:
         written to (read-only, no permission, full disk); the message names ``what``.
     """
     path = os.fspath(path)
+    from posewarper_jax import storage
+
+    if storage.is_remote(path):
+        return _check_writable_url(path, what)
     if os.path.exists(path) and not os.path.isdir(path):
         raise ExpectedError(f"{what} {path}: exists and is not a directory; choose another path")
     try:
@@ -246,10 +250,37 @@ def check_writable_dir(path: str, what: str) -> str:
     return path
 
 
+def _check_writable_url(path: str, what: str) -> str:
+    """``check_writable_dir`` of a folder on an object store (``gs://``, ``s3://``): not an
+    object, and an object can be written under it (nothing is created otherwise)."""
+    from posewarper_jax import storage
+
+    path = path.rstrip("/")
+
+    def fail(doing: str, err: BaseException) -> ExpectedError:
+        reason = str(err).partition(": ")[2] if isinstance(err, storage.StorageError) else err
+        return ExpectedError(f"{what} {path}: {doing}: {reason or type(err).__name__}")
+
+    try:
+        if storage.isfile(path):
+            raise ExpectedError(f"{what} {path}: is an object, not a folder; choose another path")
+    except storage.StorageError as err:
+        raise fail("cannot be read", err) from err
+    probe = f"{path}/.write-test-{socket.gethostname()}-{os.getpid()}"
+    try:
+        storage.write_bytes(probe, b"ok")
+        storage.remove(probe)
+    except (storage.StorageError, OSError) as err:
+        raise fail("cannot be written to", err) from err
+    return path
+
+
 def check_output_file(path: str, what: str) -> str:
     """Checks that file ``path`` can be written: not a directory, its folder writable."""
+    from posewarper_jax import storage
+
     path = os.fspath(path)
-    if os.path.isdir(path):
+    if storage.isdir(path):
         raise ExpectedError(f"{what} {path}: is a directory; give a file name")
-    check_writable_dir(os.path.dirname(os.path.abspath(path)), f"the folder of {what}")
+    check_writable_dir(storage.dirname(storage.abspath(path)), f"the folder of {what}")
     return path

@@ -923,18 +923,23 @@ def save_converted(
     """
     import orbax.checkpoint as ocp
 
-    from posewarper_jax import cli
+    from posewarper_jax import cli, storage
 
-    out = os.path.abspath(os.fspath(out))
-    if os.path.exists(out) and not overwrite:
+    out = storage.abspath(out)
+    if storage.exists(out) and not overwrite:
         raise WeightFileError(f"output {out!r} exists; choose another path or overwrite")
     try:
-        cli.check_writable_dir(os.path.dirname(out), "the output's folder")
+        cli.check_writable_dir(storage.dirname(out), "the output's folder")
     except cli.ExpectedError as e:
         raise WeightFileError(str(e)) from e
     try:
         with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
-            ckptr.save(out, dict(variables), force=overwrite, custom_metadata=dict(metadata))
+            ckptr.save(
+                storage.epath_of(out),
+                dict(variables),
+                force=overwrite,
+                custom_metadata=dict(metadata),
+            )
     except OSError as e:
         if cli.storage_error(e):
             raise cli.write_error(out, e, "the converted checkpoint") from e
@@ -959,14 +964,18 @@ def load_converted(path: str | os.PathLike, target: Any = None) -> tuple[dict, d
     """
     import orbax.checkpoint as ocp
 
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(path):
+    from posewarper_jax import storage
+
+    path = storage.abspath(path)
+    if not storage.isdir(path):
         raise ValueError(f"converted checkpoint {path!r} does not exist")
     ckptr = ocp.StandardCheckpointer()
+    where = path
+    path = storage.epath_of(where)
     metadata = ckptr.metadata(path).custom_metadata or {}
     if metadata.get("format_version") != FORMAT_VERSION:
         raise ValueError(
-            f"{path!r} is not a converted checkpoint (format_version "
+            f"{where!r} is not a converted checkpoint (format_version "
             f"{metadata.get('format_version')!r}, expected {FORMAT_VERSION})"
         )
     variables = ckptr.restore(path) if target is None else ckptr.restore(path, target)
@@ -995,13 +1004,15 @@ def convert_file(
       ``(variables, metadata)``.
     """
     src = os.fspath(src)
-    if out is not None and os.path.exists(out) and not overwrite:
+    from posewarper_jax import storage
+
+    if out is not None and storage.exists(out) and not overwrite:
         raise WeightFileError(f"output {os.fspath(out)!r} exists; choose another path or overwrite")
     if out is not None:  # before the work: an output that cannot be written fails at once
         from posewarper_jax import cli
 
         try:
-            cli.check_writable_dir(os.path.dirname(os.path.abspath(out)), "the output's folder")
+            cli.check_writable_dir(storage.dirname(storage.abspath(out)), "the output's folder")
         except cli.ExpectedError as e:
             raise WeightFileError(f"--out {os.fspath(out)}: {e}") from e
     state_dict = read_checkpoint(src, unsafe_pickle=unsafe_pickle)

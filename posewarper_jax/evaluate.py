@@ -17,12 +17,11 @@ the file; ``--debug`` shows the traceback). ``--out`` is checked before any scor
 from __future__ import annotations
 
 import argparse
-import glob
 import math
 import os
 import sys
 
-from posewarper_jax import cli, fileio
+from posewarper_jax import cli, fileio, storage
 from posewarper_jax.data.posetrack import AnnotationError, detect_format, load_dataset
 from posewarper_jax.data.types import Video, VideoDataset
 from posewarper_jax.eval.posetrack_map import (
@@ -37,9 +36,9 @@ FORMATS = ("auto", "posetrack17", "posetrack18")
 
 
 def _json_files(directory: str, what: str) -> dict[str, str]:
-    if not os.path.isdir(directory):
+    if not storage.isdir(directory):
         raise AnnotationError(f"{what} directory not found: {directory}")
-    files = {os.path.basename(p): p for p in glob.glob(os.path.join(directory, "*.json"))}
+    files = {os.path.basename(p): p for p in storage.glob(directory, "*.json")}
     if not files:
         raise AnnotationError(f"{directory}: no .json files in the {what} directory")
     return files
@@ -51,7 +50,7 @@ def _load_file(path: str, fmt: str) -> tuple[list[Video], str]:
     if fmt not in ("posetrack17", "posetrack18"):
         raise AnnotationError(f"{path}: a {fmt} file, expected PoseTrack17 or PoseTrack18")
     # Image names are only compared, never opened: the file's own folder serves as root.
-    dataset = load_dataset(path, image_root=os.path.dirname(os.path.abspath(path)), fmt=fmt)
+    dataset = load_dataset(path, image_root=storage.dirname(storage.abspath(path)), fmt=fmt)
     return dataset.videos, fmt
 
 
@@ -110,8 +109,8 @@ def load_pairs(gt_dir: str, pred_dir: str, fmt: str = "auto") -> tuple[VideoData
         dup = sorted({n for n in names if names.count(n) > 1})
         raise AnnotationError(f"{gt_dir}: video(s) {dup} appear in more than one file")
     return (
-        VideoDataset(gt_videos, formats[0], os.path.abspath(gt_dir)),
-        VideoDataset(pred_videos, formats[1], os.path.abspath(pred_dir)),
+        VideoDataset(gt_videos, formats[0], storage.abspath(gt_dir)),
+        VideoDataset(pred_videos, formats[1], storage.abspath(pred_dir)),
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections as mlc
 
+from posewarper_jax import storage
 from posewarper_jax.cli import ExpectedError
 from posewarper_jax.data import pipeline as pipeline_lib
 from posewarper_jax.data import transforms
@@ -39,9 +40,20 @@ def _fail(field: str, value: Any, why: str):
     raise ConfigError(f"config.{field}={value!r}: {why}")
 
 
+def _checked(query, field: str, path: str) -> bool:
+    """``query(path)`` (``storage.exists``, ...); a store that cannot be reached (a bucket
+    without credentials, a missing bucket) fails naming the config field."""
+    try:
+        return query(path)
+    except storage.StorageError as err:
+        _fail(field, path, str(err).partition(": ")[2] or str(err))
+
+
 def data_path(config: mlc.ConfigDict, rel: str) -> str:
     """``rel`` resolved against ``config.data.root`` unless it is absolute."""
-    return rel if os.path.isabs(rel) else os.path.join(config.data.root, rel)
+    if os.path.isabs(rel) or storage.is_remote(rel):
+        return rel
+    return storage.join(config.data.root, rel)
 
 
 def validate(config: mlc.ConfigDict) -> None:
@@ -54,13 +66,13 @@ def validate(config: mlc.ConfigDict) -> None:
     if d.kind not in DATA_KINDS:
         _fail("data.kind", d.kind, f"must be one of {DATA_KINDS}")
     if d.kind != "synthetic":
-        if not os.path.isdir(d.root):
+        if not _checked(storage.isdir, "data.root", d.root):
             _fail("data.root", d.root, "is not a directory")
         for field in ("train_ann", "val_ann"):
             path = data_path(config, d[field])
-            if not os.path.exists(path):
+            if not _checked(storage.exists, f"data.{field}", path):
                 _fail(f"data.{field}", d[field], f"does not exist (looked for {path})")
-    if d.val_detections and not os.path.isfile(d.val_detections):
+    if d.val_detections and not _checked(storage.isfile, "data.val_detections", d.val_detections):
         _fail("data.val_detections", d.val_detections, "is not a file")
     if d.kind == "synthetic":
         synthetic_config(config)
@@ -101,7 +113,7 @@ def validate(config: mlc.ConfigDict) -> None:
         _fail("model.dtype", m.dtype, f"must be one of {sorted(DTYPES)}")
     if m.get("deform_impl", "auto") not in IMPLS:
         _fail("model.deform_impl", m.deform_impl, f"must be one of {IMPLS}")
-    if m.pretrained and not os.path.exists(m.pretrained):
+    if m.pretrained and not _checked(storage.exists, "model.pretrained", m.pretrained):
         _fail("model.pretrained", m.pretrained, "does not exist")
 
     stages = ["stage1", "stage2"]
@@ -167,9 +179,9 @@ def _validate_pretrain(config: mlc.ConfigDict) -> None:
             presets = sorted(synthetic.PRESETS)
             _fail("pretrain.synthetic_preset", p.synthetic_preset, f"must be one of {presets}")
     else:  # coco
-        if not p.ann or not os.path.isfile(p.ann):
+        if not p.ann or not _checked(storage.isfile, "pretrain.ann", p.ann):
             _fail("pretrain.ann", p.ann, "must name a COCO keypoints JSON file (data=coco)")
-        if not os.path.isdir(pretrain_root(config)):
+        if not _checked(storage.isdir, "pretrain.root", pretrain_root(config)):
             _fail("pretrain.root", p.root, "must be the directory of the COCO images")
 
 
@@ -208,7 +220,8 @@ def ensure_data(config: mlc.ConfigDict, *, progress: bool = True) -> None:
     def make(field: str, root: str, cfg) -> None:
         if not synthetic.matches(root, cfg):  # an output: its folder must be writable
             try:
-                cli.check_writable_dir(os.path.dirname(os.path.abspath(root)), "its folder")
+                folder = storage.dirname(storage.abspath(root))
+                cli.check_writable_dir(root if storage.is_remote(root) else folder, "its folder")
             except cli.ExpectedError as e:
                 _fail(field, root, f"cannot hold the generated data set: {e}")
         try:

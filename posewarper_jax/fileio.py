@@ -6,6 +6,12 @@ of space, quota or permission raises ``cli.WriteError`` naming the file (the tem
 is removed, the old ``PATH`` is untouched); a resumed job then finds every result finished
 before. The rename is not followed by ``fsync``: a killed process loses nothing, a power cut
 may lose the last files written (and the job then writes them again).
+
+On an object store (``gs://``, ``s3://``; see ``storage``) an upload is visible only once
+complete, so an object is never seen in part either: ``PATH.tmp`` is uploaded whole, then
+copied once onto ``PATH`` and deleted. A kill between the two leaves the old ``PATH`` (or
+none) and a ``PATH.tmp`` that the next write replaces. A failure of the store raises
+``storage.StorageError`` naming the file.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import json
 import os
 from typing import Any
 
-from posewarper_jax import cli
+from posewarper_jax import cli, storage
 
 
 def _write(f, data: str | bytes) -> None:
@@ -30,6 +36,9 @@ def atomic_write(path: str, data: str | bytes, *, what: str = "") -> None:
     """
     path = os.fspath(path)
     tmp = f"{path}.tmp"
+    if storage.is_remote(path):
+        _remote_write(path, tmp, data)
+        return
     try:
         folder = os.path.dirname(path)
         if folder:
@@ -45,6 +54,20 @@ def atomic_write(path: str, data: str | bytes, *, what: str = "") -> None:
             pass
         if cli.storage_error(err):
             raise cli.write_error(path, err, what) from err
+        raise
+
+
+def _remote_write(path: str, tmp: str, data: str | bytes) -> None:
+    try:
+        with storage.guard(path):
+            with storage.epath_of(tmp).open("wb") as f:
+                _write(f, data if isinstance(data, bytes) else data.encode("utf-8"))
+            storage.replace(tmp, path)
+    except BaseException:
+        try:
+            storage.remove(tmp)
+        except Exception:  # noqa: BLE001 (the first error is the one to report)
+            pass
         raise
 
 

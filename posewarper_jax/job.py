@@ -17,10 +17,8 @@ Every finished piece leaves its result on disk (checkpoints, ``done.json``, pred
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import time
 from typing import Any
 
@@ -28,7 +26,7 @@ import jax
 import ml_collections as mlc
 import numpy as np
 
-from posewarper_jax import cli, experiment, fileio, training
+from posewarper_jax import cli, experiment, fileio, storage, training
 from posewarper_jax import workdir as workdir_lib
 from posewarper_jax.data.types import VideoDataset
 from posewarper_jax.metrics import MetricWriter
@@ -60,9 +58,8 @@ class _Timing(dict):
     def __init__(self, path: str):
         super().__init__()
         self.path = path
-        if os.path.exists(path):
-            with open(path) as f:
-                self.update(json.load(f))
+        if storage.exists(path):
+            self.update(json.loads(storage.read_text(path)))
 
     def __setitem__(self, name: str, seconds: float) -> None:
         super().__setitem__(name, float(seconds))
@@ -118,22 +115,23 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
 def _train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     # Seconds per phase, as measured when the phase finished: a resumed job keeps the
     # figures of the phases an earlier run finished.
-    timing_file = os.path.join(workdir, "timing.json")
+    timing_file = storage.join(workdir, "timing.json")
     timing = _Timing(timing_file)
     t0 = time.perf_counter()
 
     # ------------------------------------------------------------------ data
     if jax.process_index() == 0:
         experiment.ensure_data(config)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        fileio.atomic_write(
+            storage.join(workdir, "config.json"), config.to_json_best_effort(indent=2)
+        )
     _sync("data")
     train_full = experiment.load_split(config, "train")
     train, held_back = experiment.sparse_subset(config, train_full)
     if jax.process_index() == 0:
         from posewarper_jax.data import sparse
 
-        sparse.write_sparse_subset(train, held_back, os.path.join(workdir, "sparse_labels"))
+        sparse.write_sparse_subset(train, held_back, storage.join(workdir, "sparse_labels"))
     _log(
         f"data: {len(train.videos)} training videos, {_count_labeled(train)} labeled frames "
         f"kept, {_count_labeled(held_back)} held back ({config.data.root})"
@@ -154,15 +152,15 @@ def _train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
 
     def stage(name: str, index: int, variables: dict, dataset: VideoDataset, stage_cfg):
         t = time.perf_counter()
-        finished = os.path.exists(os.path.join(workdir, name, "done.json"))
+        done_file = storage.join(workdir, name, "done.json")
+        finished = storage.exists(done_file)
         out = run_job_stage(
             config, workdir, model, name, index, variables, dataset, stage_cfg, writer, mesh
         )
         if not finished:
             timing[name] = time.perf_counter() - t
         elif name not in timing:  # killed after the stage ended, before its time was kept
-            with open(os.path.join(workdir, name, "done.json")) as f:
-                timing[name] = json.load(f).get("seconds", 0.0)
+            timing[name] = json.loads(storage.read_text(done_file)).get("seconds", 0.0)
         return out
 
     # ------------------------------------------------------------------ stages 1 and 2
@@ -185,16 +183,16 @@ def _train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         timing["report"] = time.perf_counter() - t
     writer.close()
     summary = {
-        "workdir": os.path.abspath(workdir),
+        "workdir": storage.abspath(workdir),
         "report": report_paths,
         "checkpoints": {
-            s: os.path.abspath(os.path.join(workdir, s, "checkpoints"))
+            s: storage.abspath(storage.join(workdir, s, "checkpoints"))
             for s in ("pretrain", "stage1", "stage2", "stage1_augmented")
         },
-        "metrics": os.path.abspath(os.path.join(workdir, "metrics.jsonl")),
+        "metrics": storage.abspath(storage.join(workdir, "metrics.jsonl")),
         "timing_s": dict(timing),
     }
-    _write_json(os.path.join(workdir, "summary.json"), summary)
+    _write_json(storage.join(workdir, "summary.json"), summary)
     return summary
 
 
@@ -205,7 +203,7 @@ def bad_image_log(config: mlc.ConfigDict, workdir: str) -> str:
     """Where the job notes the bad images it skips (``data.skip_bad_images``), else ""."""
     if not config.data.get("skip_bad_images", False):
         return ""
-    return os.path.abspath(os.path.join(workdir, BAD_IMAGES))
+    return storage.abspath(storage.join(workdir, BAD_IMAGES))
 
 
 def run_job_stage(
@@ -261,11 +259,15 @@ def pretrain(config: mlc.ConfigDict, workdir: str, initial: dict, stage) -> dict
         f"videos ({config.pretrain.data}, {experiment.pretrain_root(config)})"
     )
     variables = stage("pretrain", 1, initial, dataset, config.pretrain)
-    out = os.path.join(workdir, PRETRAINED_BACKBONE)
-    if jax.process_index() == 0 and not os.path.exists(out):
-        # The temporary folder of an export killed midway (Orbax renames it when complete).
-        for leftover in glob.glob(glob.escape(out) + ".orbax-checkpoint-tmp*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+    out = storage.join(workdir, PRETRAINED_BACKBONE)
+    if jax.process_index() == 0 and not _exported(out):
+        # The temporary folder of an export killed midway (Orbax renames it when complete;
+        # on gs:// it writes in place and marks it complete with a commit file).
+        leftovers = storage.glob(storage.dirname(out), "backbone.orbax-checkpoint-tmp*")
+        if storage.exists(out):
+            leftovers.append(out)
+        for leftover in leftovers:
+            storage.rmtree(leftover)
         backbone = {k: variables[k]["backbone"] for k in ("params", "batch_stats")}
         metadata = {
             "format_version": convert.FORMAT_VERSION,
@@ -278,6 +280,16 @@ def pretrain(config: mlc.ConfigDict, workdir: str, initial: dict, stage) -> dict
         convert.save_converted(out, jax.device_get(backbone), metadata)
     _sync("pretrain")
     return variables
+
+
+def _exported(out: str) -> bool:
+    """Whether the exported backbone at ``out`` is complete (on gs://, Orbax writes the
+    folder in place and adds ``commit_success.txt`` last)."""
+    if not storage.exists(out):
+        return False
+    if storage.scheme(out) in ("gs", "gcs"):
+        return storage.exists(storage.join(out, "commit_success.txt"))
+    return True
 
 
 def _count_labeled(dataset: VideoDataset) -> int:
@@ -296,11 +308,10 @@ def _scored(workdir, section, name, gt, compute, timing, image_root):
     from posewarper_jax.eval import posetrack_map
     from posewarper_jax.eval.predictions import write_poseval_predictions
 
-    pred_dir = os.path.join(workdir, "predictions", section, name)
-    score_file = os.path.join(workdir, "eval", f"{section}_{name}.json")
-    if os.path.exists(score_file):
-        with open(score_file) as f:
-            table = json.load(f)
+    pred_dir = storage.join(workdir, "predictions", section, name)
+    score_file = storage.join(workdir, "eval", f"{section}_{name}.json")
+    if storage.exists(score_file):
+        table = json.loads(storage.read_text(score_file))
         pred = posetrack.load_posetrack18(pred_dir, image_root)
         return table, pred, pred_dir
     t = time.perf_counter()
@@ -340,7 +351,7 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
         table, pred, path = _scored(workdir, section, name, gt, compute, timing, root)
         tables[section][name] = table
         preds[section][name] = pred
-        paths[section][name] = os.path.abspath(path)
+        paths[section][name] = storage.abspath(path)
 
     # ------------------------------------------------------------------ propagation
     _log(
@@ -411,8 +422,8 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
     )  # fmt: skip
 
     # ------------------------------------------------------------------ augmentation
-    pseudo_file = os.path.join(workdir, "pseudo_labels")
-    if os.path.isdir(pseudo_file) and os.path.exists(os.path.join(pseudo_file, "done.json")):
+    pseudo_file = storage.join(workdir, "pseudo_labels")
+    if storage.exists(storage.join(pseudo_file, "done.json")):
         augmented = sparse.read_sparse_subset(pseudo_file, root)[0]
     else:
         t = time.perf_counter()
@@ -430,7 +441,7 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
             empty = VideoDataset(videos=[], fmt=augmented.fmt, root=augmented.root)
             sparse.write_sparse_subset(augmented, empty, pseudo_file)
         timing["augment.pseudo_labels"] = time.perf_counter() - t
-        _write_json(os.path.join(pseudo_file, "done.json"), {"ok": True})
+        _write_json(storage.join(pseudo_file, "done.json"), {"ok": True})
     num_pseudo = _count_labeled(augmented) - _count_labeled(train)
     _log(f"augmentation: {num_pseudo} pseudo-labeled frames added to {_count_labeled(train)}")
     aug_cfg = _augmented_stage_config(config, train, augmented)
@@ -544,7 +555,7 @@ def write_report(config, workdir: str, results: dict, timing: dict) -> dict:
         workdir, results, json.loads(config.to_json_best_effort()), timing, figures=figures
     )
     return {
-        "markdown": os.path.abspath(os.path.join(workdir, "report.md")),
-        "json": os.path.abspath(os.path.join(workdir, "report.json")),
-        "figures": {k: os.path.abspath(v) for k, v in figures.items()},
+        "markdown": storage.abspath(storage.join(workdir, "report.md")),
+        "json": storage.abspath(storage.join(workdir, "report.json")),
+        "figures": {k: storage.abspath(v) for k, v in figures.items()},
     }

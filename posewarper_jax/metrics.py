@@ -1,6 +1,13 @@
 """Training progress: a console line, TensorBoard event files and JSON lines in the workdir.
 
 Only process 0 writes; the others keep quiet.
+
+On an object store (``--workdir gs://...``, ``s3://...``), where an object cannot be
+appended to, both files are kept in memory and uploaded whole (``metrics.jsonl`` through
+``fileio.atomic_write``, each TensorBoard event file as one object through ``storage``) at
+most every ``REMOTE_FLUSH_S`` seconds and when the writer closes: a kill loses at most that
+many seconds of records. A resumed run reads ``metrics.jsonl`` back and adds to it, and
+starts a new event file, as TensorBoard expects.
 """
 
 from __future__ import annotations
@@ -12,6 +19,10 @@ import time
 from typing import Any
 
 import jax
+
+from posewarper_jax import storage
+
+REMOTE_FLUSH_S = 30.0
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -41,6 +52,81 @@ def _drop_partial_line(path: str) -> None:
         pass
 
 
+class _RemoteEventFile:
+    """A TensorBoard event file on an object store, uploaded whole at each ``flush``.
+
+    tensorboardX's own ``gs://``/``s3://`` writers need google-cloud-storage or boto3 and
+    their own credentials; this one goes through ``storage`` like every other file.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._buf = bytearray()
+        self._last = 0.0
+        self._dirty = False
+
+    def write(self, data: bytes) -> None:
+        self._buf += data
+        self._dirty = True
+
+    def flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._dirty and (force or now - self._last >= REMOTE_FLUSH_S):
+            storage.write_bytes(self.path, bytes(self._buf))
+            self._last, self._dirty = now, False
+
+    def close(self) -> None:
+        self.flush(force=True)
+
+
+class _RemoteEventFactory:
+    def open(self, path: str) -> _RemoteEventFile:
+        return _RemoteEventFile(path)
+
+    def directory_check(self, path: str) -> None:
+        pass  # object stores have no folders
+
+
+def _register_tensorboard_scheme(name: str) -> None:
+    """TensorBoard event files under ``name://`` go through ``storage``."""
+    from tensorboardX import record_writer
+
+    record_writer.register_writer_factory(name, _RemoteEventFactory())
+
+
+class _RemoteLines:
+    """``metrics.jsonl`` on an object store: the lines so far, uploaded whole."""
+
+    def __init__(self, path: str):
+        from posewarper_jax import fileio
+
+        self._fileio = fileio
+        self.path = path
+        try:
+            text = storage.read_text(path)
+        except FileNotFoundError:
+            text = ""
+        if text and not text.endswith("\n"):  # a last line cut by a kill
+            text = text[: text.rfind("\n") + 1]
+        self._text = [text]
+        self._last = time.monotonic()
+        self._dirty = False
+
+    def write(self, line: str) -> None:
+        self._text.append(line)
+        self._dirty = True
+
+    def flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._dirty and (force or now - self._last >= REMOTE_FLUSH_S):
+            self._text = ["".join(self._text)]
+            self._fileio.atomic_write(self.path, self._text[0], what="the metrics log")
+            self._last, self._dirty = now, False
+
+    def close(self) -> None:
+        self.flush(force=True)
+
+
 class MetricWriter:
     """Writes scalars to ``workdir/metrics.jsonl`` and ``workdir/tensorboard``.
 
@@ -51,15 +137,21 @@ class MetricWriter:
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._tb = None
         self._jsonl = None
+        self._remote = storage.is_remote(workdir)
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
-            path = os.path.join(workdir, "metrics.jsonl")
-            _drop_partial_line(path)
-            self._jsonl = open(path, "a")  # noqa: SIM115
+            path = storage.join(workdir, "metrics.jsonl")
+            if self._remote:
+                self._jsonl = _RemoteLines(path)
+            else:
+                os.makedirs(workdir, exist_ok=True)
+                _drop_partial_line(path)
+                self._jsonl = open(path, "a")  # noqa: SIM115
             try:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                if self._remote:
+                    _register_tensorboard_scheme(storage.scheme(workdir))
+                self._tb = SummaryWriter(storage.join(workdir, "tensorboard"))
             except ImportError:  # TensorBoard files are optional; JSON lines always exist.
                 self._tb = None
 

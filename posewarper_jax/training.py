@@ -18,8 +18,6 @@ that reads, with a warning naming both.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -34,7 +32,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from posewarper_jax import cli, fileio
+from posewarper_jax import cli, fileio, storage
 from posewarper_jax.cli import ExpectedError
 from posewarper_jax.data import pipeline as pipeline_lib
 from posewarper_jax.data.types import VideoDataset
@@ -201,7 +199,9 @@ def checkpoint_manager(directory: str, keep: int) -> ocp.CheckpointManager:
         cleanup_tmp_directories=True,
     )
     return ocp.CheckpointManager(
-        os.path.abspath(directory), options=options, item_names=("state", "data")
+        storage.epath_of(storage.abspath(directory)),
+        options=options,
+        item_names=("state", "data"),
     )
 
 
@@ -229,11 +229,11 @@ def _reason(err: BaseException) -> str:
 
 def _set_aside(ckpt_dir: str, step: int) -> str:
     """Moves step ``step`` out of ``ckpt_dir`` into ``../corrupt_checkpoints``; returns where."""
-    dest_dir = os.path.join(os.path.dirname(os.path.abspath(ckpt_dir)), "corrupt_checkpoints")
-    dest = os.path.join(dest_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    dest_dir = storage.join(storage.dirname(storage.abspath(ckpt_dir)), "corrupt_checkpoints")
+    dest = storage.join(dest_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
     if jax.process_index() == 0:
-        os.makedirs(dest_dir, exist_ok=True)
-        shutil.move(os.path.join(ckpt_dir, str(step)), dest)
+        storage.makedirs(dest_dir)
+        storage.move(storage.join(ckpt_dir, str(step)), dest)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -321,8 +321,8 @@ def run_stage(
     stage (for tests of resumption).
     """
     mesh = data_mesh() if mesh is None else mesh
-    stage_dir = os.path.join(workdir, name)
-    done_file = os.path.join(stage_dir, "done.json")
+    stage_dir = storage.join(workdir, name)
+    done_file = storage.join(stage_dir, "done.json")
     spe = max(1, pipeline_lib.steps_per_epoch(dataset, pipe_cfg))
     total = stage_steps(stage_cfg, spe)
     schedule = learning_rate_schedule(stage_cfg, spe, total)
@@ -337,9 +337,9 @@ def run_stage(
     }
     # A private copy: the train step donates its state, and the caller keeps ``variables``.
     state = jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=replicated)(state)
-    ckpt_dir = os.path.join(stage_dir, "checkpoints")
+    ckpt_dir = storage.join(stage_dir, "checkpoints")
 
-    if os.path.exists(done_file):
+    if storage.exists(done_file):
         try:
             final = restore_state(ckpt_dir, state)
         except Exception as err:  # a damaged final checkpoint: train the rest again
@@ -350,7 +350,7 @@ def run_stage(
                 stacklevel=2,
             )
             if jax.process_index() == 0:
-                os.remove(done_file)
+                storage.remove(done_file)
         else:
             _log(f"[{name}] already finished ({done_file}); loaded its final state")
             return {"params": final["params"], "batch_stats": final["batch_stats"]}
@@ -453,7 +453,7 @@ def _save(mngr, step: int, state, data_iter, name: str, ckpt_dir: str, last_good
             raise
         previous = f"step {last_good}" if last_good else "none yet"
         out = cli.write_error(
-            os.path.join(ckpt_dir, str(step)), err, f"[{name}]'s checkpoint of step {step}"
+            storage.join(ckpt_dir, str(step)), err, f"[{name}]'s checkpoint of step {step}"
         )
         final = CheckpointWriteError(f"{out} (the last good checkpoint: {previous})")
         final.errno, final.filename = out.errno, out.filename

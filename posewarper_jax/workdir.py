@@ -10,6 +10,13 @@ host cannot be checked from here and counts as held; delete the file if that job
 Only the first process of a multi-process job takes the lock (the others share its
 workdir). The check and the write happen under an ``flock`` on ``job.lock.guard``, so two
 jobs started at the same moment cannot both take the lock.
+
+On an object store (``--workdir gs://bucket/run``) there is no ``flock``: the lock is the
+object ``job.lock``, read, then written whole. It stops a second job started while the
+first runs, but two jobs started within the same second or two may both take it. A lock
+written from another host counts as held, as on a disk: a job rescheduled onto other hosts
+(a pod or SLURM allocation recreated after a failure) stops naming the old one; delete the
+object (``gcloud storage rm gs://bucket/run/job.lock``) if that job is gone.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import sys
 import time
 import warnings
 
+from posewarper_jax import storage
 from posewarper_jax.cli import ExpectedError
 
 LOCK_NAME = "job.lock"
@@ -77,11 +85,15 @@ class WorkdirLock:
 
     def __init__(self, workdir: str):
         self.workdir = workdir
-        self.path = os.path.join(workdir, LOCK_NAME)
+        self.path = storage.join(workdir, LOCK_NAME)
+        self.remote = storage.is_remote(workdir)
         self.held = False
 
     @contextlib.contextmanager
     def _guard(self):
+        if self.remote:  # no flock on an object store (see the module docstring)
+            yield
+            return
         with open(self.path + ".guard", "a") as g:
             fcntl.flock(g, fcntl.LOCK_EX)
             try:
@@ -91,8 +103,7 @@ class WorkdirLock:
 
     def _read(self) -> dict | None:
         try:
-            with open(self.path) as f:
-                return json.load(f)
+            return json.loads(storage.read_text(self.path))
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
@@ -135,10 +146,15 @@ class WorkdirLock:
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "command": " ".join(sys.argv),
             }
-            tmp = f"{self.path}.tmp-{os.getpid()}"
-            with open(tmp, "w") as f:
-                json.dump(record, f)
-            os.replace(tmp, self.path)
+            if self.remote:
+                from posewarper_jax import fileio
+
+                fileio.atomic_write(self.path, json.dumps(record), what="the workdir lock")
+            else:
+                tmp = f"{self.path}.tmp-{os.getpid()}"
+                with open(tmp, "w") as f:
+                    json.dump(record, f)
+                os.replace(tmp, self.path)
         self.held = True
         return self
 
@@ -151,8 +167,8 @@ class WorkdirLock:
             with self._guard():
                 info = self._read()
                 if info and info.get("pid") == os.getpid():
-                    os.remove(self.path)
-        except OSError:
+                    storage.remove(self.path)
+        except (OSError, storage.StorageError):
             pass  # the workdir went away; nothing to release
 
     def __enter__(self) -> WorkdirLock:

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 from jax.sharding import Mesh
 
+from posewarper_jax import storage
 from posewarper_jax.apps.inference import predict, single_frame_fn
 from posewarper_jax.apps.propagation import (
     DEFAULT_REACH,
@@ -199,7 +200,9 @@ class _GreyFrames:
 
     def __call__(self, t: int) -> np.ndarray:
         if t not in self.cache:
-            img = cv2.imread(self.paths[t], cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
+            img = storage.read_image(
+                self.paths[t], cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION
+            )
             if img is None:
                 raise pipeline_lib.BadImageError(
                     f"image {self.paths[t]!r} cannot be read; needed by the Farneback flow of "

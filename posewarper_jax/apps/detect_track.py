@@ -245,11 +245,11 @@ def job_tracking(
     "switches", "misses", "false_positives"}}`` (totals; percent, counts summed over joints).
     """
     import json
-    import os
     import time
 
     import jax
 
+    from posewarper_jax import fileio, storage
     from posewarper_jax.eval.predictions import write_poseval_predictions
     from posewarper_jax.eval.tracking import posetrack_tracking
 
@@ -257,10 +257,9 @@ def job_tracking(
     warped = None
     out = {}
     for name in JOB_TRACKERS:
-        path = os.path.join(workdir, "eval", f"tracking_{name}.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                out[name] = json.load(f)
+        path = storage.join(workdir, "eval", f"tracking_{name}.json")
+        if storage.exists(path):
+            out[name] = json.loads(storage.read_text(path))
             continue
         t = time.perf_counter()
         if name == "posewarper" and warped is None:
@@ -286,11 +285,8 @@ def job_tracking(
             timing[f"tracking.{name}"] = time.perf_counter() - t
         if jax.process_index() == 0:
             write_poseval_predictions(
-                tracked, gt, os.path.join(workdir, "predictions", "tracking", name)
+                tracked, gt, storage.join(workdir, "predictions", "tracking", name)
             )
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path + ".tmp", "w") as f:
-                json.dump(row, f, indent=2)
-            os.replace(path + ".tmp", path)
+            fileio.write_json(path, row)
         log(f"[tracking] {name}: MOTA {row['MOTA']:.1f} MOTP {row['MOTP']:.1f}")
     return out

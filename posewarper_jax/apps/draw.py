@@ -58,7 +58,9 @@ _CENTRE_TAP = 4  # tap k = 3 i + j with (i, j) = (1, 1)
 def read_image(path: str) -> np.ndarray:
     """An image file as uint8 ``[H, W, 3]`` RGB; FileNotFoundError naming ``path`` if it cannot
     be read."""
-    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+    from posewarper_jax import storage
+
+    image = storage.read_image(os.fspath(path), cv2.IMREAD_COLOR)
     if image is None:
         raise FileNotFoundError(f"cannot read image {path!r}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -67,7 +69,15 @@ def read_image(path: str) -> np.ndarray:
 def write_image(path: str, image: np.ndarray) -> str:
     """Writes uint8 ``[H, W, 3]`` RGB ``image`` to ``path`` (format from the suffix, e.g. PNG),
     creating the folder. Returns ``path``; OSError if OpenCV cannot write it."""
+    from posewarper_jax import fileio, storage
+
     image = _check_image(image, "image")
+    if storage.is_remote(path):  # encoded in memory, uploaded whole
+        ok, data = cv2.imencode(os.path.splitext(path)[1], cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise OSError(f"cannot write image {path!r}")
+        fileio.atomic_write(path, data.tobytes())
+        return path
     folder = os.path.dirname(os.fspath(path))
     if folder:
         os.makedirs(folder, exist_ok=True)

@@ -68,6 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from posewarper_jax import storage
 from posewarper_jax.apps.inference import predict
 from posewarper_jax.data import pipeline as pipeline_lib
 from posewarper_jax.data import transforms
@@ -423,7 +424,7 @@ class _ImageCache:
             if img is not None:
                 self._items.move_to_end(path)
                 return img
-        img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        img = storage.read_image(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if img is None:
             raise pipeline_lib.BadImageError(
                 f"image {path!r} cannot be read; needed by {record}", path

@@ -30,6 +30,7 @@ main job::
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -241,8 +242,9 @@ def build_report(
 
 def load_report(path: str) -> dict[str, Any]:
     """Reads ``report.json``; the tables' ``null`` cells come back as NaN."""
-    with open(path) as f:
-        report = json.load(f)
+    from posewarper_jax import storage
+
+    report = json.loads(storage.read_text(path))
     for section in SECTIONS:
         for row in report.get(section, {}).values():
             for c, v in row.items():
@@ -455,18 +457,30 @@ def write_report(
     if device is None:
         device = _describe_device()
     report = build_report(results, config, timing, figures=figures, device=device)
-    os.makedirs(workdir, exist_ok=True)
+    _makedirs(workdir)
     # allow_nan=False: a NaN that slipped through would make invalid JSON; fail instead.
     text = json.dumps(report, indent=2, allow_nan=False)
-    _atomic_write(os.path.join(workdir, "report.json"), text + "\n")
-    _atomic_write(os.path.join(workdir, "report.md"), render_markdown(report, workdir))
+    _atomic_write(_join(workdir, "report.json"), text + "\n")
+    _atomic_write(_join(workdir, "report.md"), render_markdown(report, workdir))
     return report
 
 
-def _atomic_write(path: str, text: str) -> None:
+def _atomic_write(path: str, text: str | bytes) -> None:
     from posewarper_jax import fileio
 
     fileio.atomic_write(path, text)
+
+
+def _makedirs(folder: str) -> None:
+    from posewarper_jax import storage
+
+    storage.makedirs(folder)
+
+
+def _join(*parts: str) -> str:
+    from posewarper_jax import storage
+
+    return storage.join(*parts)
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -505,10 +519,9 @@ def plot_map_bars(
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars
     fig.tight_layout()
-    folder = os.path.dirname(os.fspath(path))
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    buffer = io.BytesIO()  # written whole (a local file or an object of a bucket)
+    fig.savefig(buffer, dpi=dpi, format=os.path.splitext(os.fspath(path))[1][1:] or "png")
+    _atomic_write(os.fspath(path), buffer.getvalue())
     return os.fspath(path)
 
 
@@ -554,9 +567,9 @@ def write_figures(
       reader: path -> uint8 ``[H, W, 3]`` RGB image, for the pose samples.
     """
     tables = validate_tables(results)
-    folder = os.path.join(workdir, REPORT_DIR)
-    os.makedirs(folder, exist_ok=True)
-    figures = {"mAP per joint group": plot_map_bars(tables, os.path.join(folder, "map_bars.png"))}
+    folder = _join(workdir, REPORT_DIR)
+    _makedirs(folder)
+    figures = {"mAP per joint group": plot_map_bars(tables, _join(folder, "map_bars.png"))}
     if predictions:
         if gt is None:
             raise ValueError("report: pose samples need the ground truth (gt)")

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from posewarper_jax import storage
 from posewarper_jax.data.posetrack import (
     AnnotationError,
     _get,
@@ -115,7 +116,7 @@ def load_detections(
             f"{json_file}: none of its {len(records)} records matches an image of the data set "
             f"(first image_id: {first}); are the image ids from another annotation set?"
         )
-    extra = dict(dataset.extra, detections=os.path.abspath(json_file))
+    extra = dict(dataset.extra, detections=storage.abspath(json_file))
     return VideoDataset(videos, dataset.fmt, dataset.root, extra)
 
 

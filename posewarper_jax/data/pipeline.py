@@ -58,7 +58,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import sys
 import threading
 import warnings
@@ -69,6 +68,7 @@ import cv2
 import grain
 import numpy as np
 
+from posewarper_jax import storage
 from posewarper_jax.cli import ExpectedError
 from posewarper_jax.data import transforms
 from posewarper_jax.data.types import NUM_JOINTS, Person, VideoDataset
@@ -118,6 +118,15 @@ def note_bad_image(err: BadImageError, log: str = "") -> None:
 
         # A leading newline: a line cut short by a killed process stays a line of its own.
         line = "\n" + json.dumps({"path": getattr(err, "path", None), "reason": str(err)})
+        if storage.is_remote(log):
+            # No appends on an object store: the log is read and written back whole
+            # (two processes skipping at the same moment may lose one of their lines).
+            try:
+                old = storage.read_text(log)
+            except FileNotFoundError:
+                old = ""
+            storage.write_bytes(log, (old + line).encode("utf-8"))
+            return
         with open(log, "a", encoding="utf-8") as f:  # one short append: atomic on POSIX
             f.write(line)
 
@@ -126,10 +135,10 @@ def bad_images_in_log(log: str) -> list[str]:
     """The distinct bad image files recorded in ``log`` (``note_bad_image``), sorted."""
     import json
 
-    if not log or not os.path.exists(log):
+    if not log or not storage.exists(log):
         return []
     paths = set()
-    with open(log, encoding="utf-8") as f:
+    with storage.open_file(log) as f:
         for line in f:
             try:
                 paths.add(str(json.loads(line)["path"]))
@@ -411,9 +420,9 @@ def steps_per_epoch(dataset: VideoDataset, config: PipelineConfig) -> int:
 
 
 def _read_bgr(path: str, record: str) -> np.ndarray:
-    img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    img = storage.read_image(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
-        why = "missing" if not os.path.exists(path) else "unreadable (corrupt or not an image)"
+        why = "missing" if not storage.exists(path) else "unreadable (corrupt or not an image)"
         raise BadImageError(f"image {path!r} is {why}; needed by {record}", path)
     return img
 

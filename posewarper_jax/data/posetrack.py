@@ -46,13 +46,13 @@ Decisions
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
 
 import numpy as np
 
+from posewarper_jax import storage
 from posewarper_jax.cli import ExpectedError
 from posewarper_jax.data.types import (
     JOINT_NAMES,
@@ -99,7 +99,7 @@ def read_json(path: str, cache: dict | None = None):
     if cache is not None and path in cache:
         return cache.pop(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with storage.open_file(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise AnnotationError(
@@ -110,12 +110,12 @@ def read_json(path: str, cache: dict | None = None):
 
 
 def _annotation_files(ann: str) -> list[str]:
-    if os.path.isdir(ann):
-        files = sorted(glob.glob(os.path.join(ann, "*.json")))
+    if storage.isdir(ann):
+        files = storage.glob(ann, "*.json")
         if not files:
             raise AnnotationError(f"{ann}: no .json annotation files in this directory")
         return files
-    if os.path.isfile(ann):
+    if storage.isfile(ann):
         return [ann]
     raise FileNotFoundError(f"annotation file or directory not found: {ann}")
 
@@ -359,7 +359,7 @@ def check_image_files(dataset: VideoDataset) -> None:
     """Raises ``AnnotationError`` naming the annotation file and frame of a missing image."""
     for video in dataset.videos:
         for frame in video.frames:
-            if not os.path.isfile(frame.path):
+            if not storage.isfile(frame.path):
                 raise AnnotationError(
                     f"{video.source}: image file missing for video '{video.name}' "
                     f"frame {frame.index}: {frame.path}"
@@ -383,7 +383,7 @@ def load_posetrack18(
 
     Returns a ``VideoDataset`` with fmt "posetrack18"; ``Video.extra["vid_id"]`` keeps ``vid_id``.
     """
-    root = os.path.abspath(image_root)
+    root = storage.abspath(image_root)
     videos: list[Video] = []
     for path in _annotation_files(ann):
         videos.extend(_posetrack18_videos(read_json(path, _cache), path, root))
@@ -526,7 +526,7 @@ def load_posetrack17(
     ``x1, y1, x2, y2`` becomes ``head_bbox`` (x, y, w, h); the person box is derived from the
     joints (see the module notes). Returns a ``VideoDataset`` with fmt "posetrack17".
     """
-    root = os.path.abspath(image_root)
+    root = storage.abspath(image_root)
     videos: list[Video] = []
     for path in _annotation_files(ann):
         videos.extend(_posetrack17_videos(read_json(path, _cache), path, root, len(videos)))
@@ -661,7 +661,7 @@ def load_coco_keypoints(
     are the image file names without extension; ``Video.extra`` keeps ``width``/``height``.
     Returns a ``VideoDataset`` with fmt "coco".
     """
-    root = os.path.abspath(image_root)
+    root = storage.abspath(image_root)
     data = read_json(json_file, _cache)
     if not isinstance(data, dict):
         raise AnnotationError(f"{json_file}: expected a JSON object, found {type(data).__name__}")
@@ -756,7 +756,7 @@ def _first_image_name(data, fmt: str) -> str | None:
 def _guess_image_root(path: str, first_file: str, data, fmt: str) -> str:
     """The nearest ancestor of the annotation path under which the first image exists; else the
     parent of an ``annotations`` folder on the path; else the annotation file's folder."""
-    start = os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path))
+    start = storage.abspath(path if storage.isdir(path) else storage.dirname(path))
     name = _first_image_name(data, fmt)
     stem_token = os.path.splitext(os.path.basename(first_file))[0].split("_")[-1]
     candidates = []
@@ -765,19 +765,19 @@ def _guess_image_root(path: str, first_file: str, data, fmt: str) -> str:
         candidates.append(directory)
         if fmt == "coco":
             candidates.append(os.path.join(directory, stem_token))
-        parent = os.path.dirname(directory)
+        parent = storage.dirname(directory)
         if parent == directory:
             break
         directory = parent
     if isinstance(name, str):
         for candidate in candidates:
-            if os.path.isfile(os.path.join(candidate, name)):
+            if storage.isfile(os.path.join(candidate, name)):
                 return candidate
     directory = start
-    while os.path.dirname(directory) != directory:
+    while storage.dirname(directory) != directory:
         if os.path.basename(directory) == "annotations":
-            return os.path.dirname(directory)
-        directory = os.path.dirname(directory)
+            return storage.dirname(directory)
+        directory = storage.dirname(directory)
     return start
 
 
@@ -811,7 +811,7 @@ def load_dataset(
         image_root = _guess_image_root(path, first, data, fmt)
     cache = {first: data}
     if fmt == "coco":
-        if os.path.isdir(path):
+        if storage.isdir(path):
             raise AnnotationError(f"{path}: COCO annotations are read from a single JSON file")
         return load_coco_keypoints(path, image_root, check_images=check_images, _cache=cache)
     loader = load_posetrack18 if fmt == "posetrack18" else load_posetrack17
@@ -968,7 +968,7 @@ def write_posetrack18(dataset: VideoDataset, out_dir: str) -> list[str]:
     per joint, poseval's prediction field) and ``score`` (the box score). Annotations without an
     id get ``image_id * 100 + position``.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
     paths = []
     for video, name in zip(dataset.videos, _output_names(dataset)):
         path = os.path.join(out_dir, name)
@@ -1031,7 +1031,7 @@ def write_posetrack17(dataset: VideoDataset, out_dir: str) -> list[str]:
     ``keypoint_scores`` get a ``score`` per point and a ``score`` per person (poseval's
     prediction fields). A person without labeled joints is written with empty ``annopoints``.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
     paths = []
     for video, name in zip(dataset.videos, _output_names(dataset)):
         path = os.path.join(out_dir, name)

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from posewarper_jax import storage
 from posewarper_jax.data.posetrack import (
     _output_names,
     _write_json,
@@ -201,7 +202,7 @@ def write_sparse_subset(subset: VideoDataset, held_back: VideoDataset, out_dir: 
     kept frames), ``out_dir/held_back/`` (videos that lost labels, labeled on the removed
     frames) and the manifest ``out_dir/subset.json``. Returns the manifest path."""
     for directory in (LABELED_DIR, HELD_BACK_DIR):
-        os.makedirs(os.path.join(out_dir, directory), exist_ok=True)
+        storage.makedirs(os.path.join(out_dir, directory))
     write_posetrack18(subset, os.path.join(out_dir, LABELED_DIR))
     write_posetrack18(held_back, os.path.join(out_dir, HELD_BACK_DIR))
     path = os.path.join(out_dir, MANIFEST)
@@ -268,10 +269,10 @@ def read_sparse_subset(
     extra = {"sparse_subset": _params(data)}
     subset = load_posetrack18(os.path.join(out_dir, LABELED_DIR), root)
     held_dir = os.path.join(out_dir, HELD_BACK_DIR)
-    if any(name.endswith(".json") for name in os.listdir(held_dir)):
+    if storage.glob(held_dir, "*.json"):
         held_back = load_posetrack18(held_dir, root)
     else:
-        held_back = VideoDataset([], "posetrack18", os.path.abspath(root))
+        held_back = VideoDataset([], "posetrack18", storage.abspath(root))
     subset.extra.update(extra)
     held_back.extra.update(extra)
     # Files are read in name order; put the videos back in the manifest's order.

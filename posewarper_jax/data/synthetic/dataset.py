@@ -16,15 +16,18 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import glob
+import io
 import json
 import multiprocessing
 import os
 import shutil
+import tempfile
 import uuid
 
 import cv2
 import numpy as np
 
+from posewarper_jax import storage
 from posewarper_jax.data import posetrack
 from posewarper_jax.data.synthetic.config import (
     GENERATOR_VERSION,
@@ -192,9 +195,10 @@ def load_sidecar(root: str, split: str, video: str) -> dict[str, np.ndarray]:
     [P]; image_ids [T]; image_size (width, height); fps.
     """
     path = os.path.join(root, "annotations", split, f"{video}_3d.npz")
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise FileNotFoundError(f"3D sidecar not found: {path}")
-    with np.load(path) as data:
+    source = io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else path
+    with np.load(source) as data:
         return {k: data[k] for k in data.files}
 
 
@@ -212,11 +216,10 @@ def _init_worker() -> None:
 
 def _read_info(root: str) -> dict | None:
     path = os.path.join(root, "info.json")
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
+        info = json.loads(storage.read_text(path))
     except (OSError, json.JSONDecodeError):
         return None
     return info if isinstance(info, dict) and info.get("generator") == _GENERATOR else None
@@ -229,7 +232,7 @@ def matches(root: str, cfg: SyntheticConfig) -> bool:
         info is not None
         and info.get("version") == GENERATOR_VERSION
         and info.get("config") == cfg.to_dict()
-        and all(os.path.isdir(os.path.join(root, "annotations", s)) for s in SPLITS)
+        and all(storage.isdir(os.path.join(root, "annotations", s)) for s in SPLITS)
     )
 
 
@@ -266,12 +269,14 @@ def generate(
     cfg = get_config(config) if isinstance(config, str) else config
     if not isinstance(cfg, SyntheticConfig):
         raise TypeError(f"config must be a SyntheticConfig or a preset name, got {type(cfg)}")
-    root = os.path.abspath(root)
+    root = storage.abspath(root)
     if workers is None:
         frames = (cfg.num_train_videos + cfg.num_val_videos) * cfg.max_frames
         workers = 1 if frames * cfg.width * cfg.height < 100 * 320 * 240 else 2
     if not force and matches(root, cfg):
         return root
+    if storage.is_remote(root):
+        return _generate_remote(root, cfg, workers=workers, progress=progress)
     parent, name = os.path.dirname(root), os.path.basename(root)
     os.makedirs(parent, exist_ok=True)
     # Concurrent callers (e.g. parallel test workers) wait here and then find the data ready.
@@ -306,6 +311,25 @@ def generate(
         finally:
             if os.path.exists(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _generate_remote(root: str, cfg: SyntheticConfig, *, workers: int, progress: bool) -> str:
+    """``generate`` into a bucket (``gs://``, ``s3://``): the data set is made in a local
+    temporary folder, then uploaded file by file with ``info.json`` last, so that ``matches``
+    sees it only once complete (an interrupted upload is made and uploaded again)."""
+    if storage.listdir_or_empty(root) and _read_info(root) is None:
+        raise ValueError(
+            f"{root}: not empty and has no synthetic data set info.json; refusing to "
+            "overwrite it (choose another --root or empty it)"
+        )
+    with tempfile.TemporaryDirectory(prefix="posewarper-synthetic-") as tmp:
+        local = os.path.join(tmp, "data")
+        info = _generate_into(local, cfg, workers=workers, progress=progress)
+        with open(os.path.join(local, "info.json"), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=1)
+        storage.remove(os.path.join(root, "info.json"))  # incomplete until uploaded again
+        storage.upload_tree(local, root, last=("info.json",))
     return root
 
 
