@@ -328,7 +328,7 @@ def _scored(workdir, section, name, gt, compute, timing, image_root):
 
 def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, timing):
     """Propagation, detection and augmentation results (mAP tables, predictions, extras)."""
-    from posewarper_jax.apps import augment, baselines, detection, propagation
+    from posewarper_jax.apps import augment, detection, propagation_eval
     from posewarper_jax.data import detections, sparse
     from posewarper_jax.data import pipeline as pipeline_lib
 
@@ -337,12 +337,16 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
     eval_cfg = experiment.pipeline_config(config, "eval", bad_image_log=bad_log)
     root = config.data.root
     val = experiment.load_split(config, "val")
-    val_sparse, val_held = sparse.make_sparse_subset(
-        val, every_k=int(config.eval.propagation_every_k), seed=int(config.sparse.seed)
-    )
-    reach = int(config.eval.propagation_reach)
     flip = bool(config.eval.get("flip_test", False))
-    plan = propagation.plan_propagation(val_sparse, boxes=val, reach=reach)
+    # The sparse labels, the held-back ground truth (for scoring only) and the plan: every
+    # held-back frame cut with its nearest labeled frame's box, for every method.
+    setting = propagation_eval.held_out(
+        val,
+        every_k=int(config.eval.propagation_every_k),
+        seed=int(config.sparse.seed),
+        reach=int(config.eval.propagation_reach),
+    )
+    val_held, plan = setting.held_back, setting.plan
     tables: dict[str, dict] = {"propagation": {}, "detection": {}}
     preds: dict[str, dict] = {"propagation": {}, "detection": {}}
     paths: dict[str, dict] = {"propagation": {}, "detection": {}}
@@ -358,26 +362,23 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
         f"propagation: {len(plan)} people on {_count_labeled(val_held)} held-back frames, "
         f"from every {config.eval.propagation_every_k}th frame of {len(val.videos)} videos"
     )
-    prop = {
-        "posewarper": lambda: propagation.propagate_labels(
-            model, stage2, val_sparse, pipe_cfg=eval_cfg, mesh=mesh, plan=plan, flip_test=flip
-        ),
-        "copy_nearest": lambda: baselines.copy_nearest(val_sparse, plan=plan),
-        "farneback": lambda: baselines.farneback(
-            val_sparse, plan=plan, skip_bad_images=bool(bad_log), bad_image_log=bad_log
-        ),
-        "hrnet_pseudo": lambda: baselines.hrnet_pseudo(
-            model, stage1, val_sparse, pipe_cfg=eval_cfg, mesh=mesh, plan=plan, flip_test=flip
-        ),
-    }
+    prop = propagation_eval.methods(
+        setting, model=model, hrnet=stage1, posewarper=stage2, pipe_cfg=eval_cfg, mesh=mesh,
+        flip_test=flip, bad_image_log=bad_log,
+    )  # fmt: skip
+    scoring: dict[str, Any] = {}
     for name in PROPAGATION:
         # Scored on the videos that lost labels (a video with at most one labeled frame
         # keeps all of them and has nothing held back).
-        record(
-            "propagation",
-            name,
-            val_held,
-            lambda f=prop[name]: propagation.select_videos(f(), val_held),
+        record("propagation", name, val_held, prop[name])
+        # mAP, mAP with constant scores, PCKh@0.5, overall and by |δ|: scoring only, redone on
+        # every run from the predictions (read back from their files on a resumed run, the
+        # same float32 values).
+        scoring[name] = propagation_eval.views(setting, preds["propagation"][name])
+        _log(
+            f"[propagation] {name}: mAP with constant scores "
+            f"{scoring[name]['map_constant_scores']['Total']:.1f}, "
+            f"PCKh@0.5 {scoring[name]['pckh']['Total']:.1f}"
         )
 
     # ------------------------------------------------------------------ detection
@@ -456,6 +457,7 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
     return {
         "propagation": tables["propagation"],
         "detection": tables["detection"],
+        "propagation_scoring": {"split": "val", "methods": scoring},
         "predictions": paths,
         "extra": {
             "detection": extra_tables,

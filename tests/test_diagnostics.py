@@ -29,23 +29,27 @@ def video(tmp_path_factory):
 
 def test_ceiling_plan_takes_the_targets_own_ground_truth(video):
     full, labeled = video
-    plan = propagation.plan_propagation(labeled, boxes=full, reach=3)
-    ceiling = diagnostics.ceiling_plan(plan, full)
-    assert len(ceiling) == len(plan) > 0
-    for g in range(len(plan)):
-        frame = full.videos[0].frames[int(plan.frame[g])]
-        np.testing.assert_array_equal(
-            ceiling.source_keypoints[g, 0], frame.people[int(plan.person[g])].keypoints
-        )
-        assert frame.people[int(plan.person[g])].track_id == plan.track_id[g]
-    # Everything but the joints is the plan's.
-    np.testing.assert_array_equal(ceiling.box, plan.box)
-    np.testing.assert_array_equal(ceiling.source_frame, plan.source_frame)
-    # A plan made without boxes indexes A's people, not B's: refused when out of range.
-    no_boxes = propagation.plan_propagation(labeled, reach=3)
-    bad = no_boxes.__class__(**{**no_boxes.__dict__, "person": no_boxes.person + 10})
-    with pytest.raises(ValueError, match="make the plan with boxes"):
-        diagnostics.ceiling_plan(bad, full)
+    for plan in (
+        propagation.plan_propagation(labeled, boxes=full, reach=3),
+        propagation.plan_propagation(labeled, reach=3),  # the report's: A's people and boxes
+    ):
+        ceiling = diagnostics.ceiling_plan(plan, full)
+        assert len(ceiling) == len(plan) > 0
+        for g in range(len(plan)):
+            frame = full.videos[0].frames[int(plan.frame[g])]
+            (own,) = [q for q in frame.people if q.track_id == plan.track_id[g]]
+            np.testing.assert_array_equal(ceiling.source_keypoints[g, 0], own.keypoints)
+        # Everything but the joints is the plan's.
+        np.testing.assert_array_equal(ceiling.box, plan.box)
+        np.testing.assert_array_equal(ceiling.source_frame, plan.source_frame)
+    # A track missing from its target frame gets no joints.
+    gone = copy.deepcopy(full)
+    gone.videos[0].frames[10].people = [q for q in gone.videos[0].frames[10].people
+                                        if q.track_id != 2]  # fmt: skip
+    ceiling = diagnostics.ceiling_plan(plan, gone)
+    rows = (plan.frame == 10) & (plan.track_id == 2)
+    assert rows.sum() == 1 and np.all(ceiling.source_keypoints[rows] == 0)
+    assert np.all(ceiling.source_keypoints[~rows, 0, :, 2].sum(axis=1) > 0)
 
 
 def test_ceiling_decodes_own_joints_and_delta_split_partitions(model_and_variables, video):
@@ -147,7 +151,7 @@ def test_motion_recovered_known_answers(video):
     prediction halfway from A to B's ground truth recovers half (slope 0.5); B's own ground
     truth all of it (slope 1, error 0). The test people move 2 px per frame in x."""
     full, labeled = video
-    plan = propagation.plan_propagation(labeled, boxes=full, reach=3)
+    plan = propagation.plan_propagation(labeled, reach=3)  # the report's plan: A's people
     copied = baselines.copy_nearest(labeled, plan=plan)
     half = copy.deepcopy(copied)
     truth = {(f.index, q.track_id): q for f in full.videos[0].frames for q in f.people}

@@ -24,8 +24,8 @@ from user_video import (
 )
 
 from posewarper_jax import evaluate, experiment, label, propagate
-from posewarper_jax.apps import dense_labels, propagation, trained
-from posewarper_jax.data import posetrack, sparse
+from posewarper_jax.apps import dense_labels, propagation, propagation_eval, trained
+from posewarper_jax.data import posetrack
 from posewarper_jax.eval import posetrack_map
 
 LABELED = (0, 7)
@@ -183,17 +183,19 @@ def synthetic(tmp_path_factory):
 
 
 def test_cli_scores_equal_the_main_jobs_propagation(synthetic, tmp_path, capsys):
-    """The main job's propagation of the validation video (its plan: every 3rd frame kept,
-    reach 3, ground-truth boxes, flip test) scored with poseval's mAP equals the command's
-    output for the same settings, read from its files and scored by ``evaluate``."""
+    """The main job's propagation of the validation video (its setting,
+    ``propagation_eval.held_out``: every 3rd frame kept, reach 3, each frame cut with its
+    nearest label's box, flip test) scored with poseval's mAP equals the command's output
+    for the same settings (``--boxes source``), read from its files and scored by
+    ``evaluate``."""
     root, config, workdir = synthetic
     val = experiment.load_split(config, "val")
-    val_sparse, val_held = sparse.make_sparse_subset(val, every_k=3, seed=int(config.sparse.seed))
+    setting = propagation_eval.held_out(val, every_k=3, seed=int(config.sparse.seed), reach=3)
+    val_sparse, val_held = setting.labeled, setting.held_back
     model = trained.load_trained(workdir)
-    plan = propagation.plan_propagation(val_sparse, boxes=val, reach=3)
     job_pred = propagation.propagate_labels(
         model.model, model.variables, val_sparse, pipe_cfg=experiment.pipeline_config(config,
-        "eval"), plan=plan, flip_test=True,
+        "eval"), plan=setting.plan, flip_test=True,
     )  # fmt: skip
     job_table = posetrack_map(val_held, propagation.select_videos(job_pred, val_held))
 
@@ -208,7 +210,7 @@ def test_cli_scores_equal_the_main_jobs_propagation(synthetic, tmp_path, capsys)
     out = tmp_path / "dense"
     code, _, stderr = _run(
         capsys, "--video", frames_dir, "--labels", labels_file, "--checkpoint", workdir,
-        "--out", out, "--boxes", video.source, "--no-blend", "--reach", 3,
+        "--out", out, "--boxes", "source", "--no-blend", "--reach", 3,
     )  # fmt: skip
     assert code == 0, stderr
     res = tmp_path / "res.json"

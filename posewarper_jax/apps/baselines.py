@@ -3,19 +3,31 @@
 Each takes the same arguments that make the plan (``labeled``, ``boxes``, ``reach``; or a
 ready ``plan``) and returns predictions for exactly the same (video, frame, track) people as
 ``propagation.propagate_labels(..., blend=False)`` (``propagation.plan_propagation`` explains
-the nearest-frame rule, ties and track matching):
+the nearest-frame rule, ties, the people and their crop boxes):
 
-* ``copy_nearest``: B takes A's keypoints unchanged (joint score 1 where A has the joint).
+* ``copy_nearest``: B takes A's keypoints unchanged. Joint score ``1 / |δ|`` where A has the
+  joint: the one thing a copy knows about its own error is how many frames the person had to
+  stand still for it to be right (the weight ``propagation``'s blend gives a source, fixed
+  before any result; AP uses only the order, which any decreasing function of |δ| gives).
 * ``farneback``: A's joints are carried to B with OpenCV's Farneback optical flow on grey full
   frames, frame by frame (a chain of |δ| per-frame flows, each sampled bilinearly at the
   joint's current position). A joint that leaves the image (outside
-  ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``) at any step is dropped. Joint score 1 where carried.
-* ``hrnet_pseudo``: the stage-1 HRNet run on B alone, in the crop of B's box (single-frame
-  pseudo labels, ``inference.single_frame_fn``); all joints predicted, joint score = heatmap
-  maximum.
+  ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``) at any step is dropped. Joint score: the
+  forward-backward consistency of the flow (``consistency_scores``): the carried joint is
+  carried back from B to A through the flows of the reversed chain (B → B ∓ 1 → ... → A), and
+  the round trip's error e (pixels, from A's label) becomes ``exp(-e² / (2 σ²))`` with
+  σ = ``FB_SIGMA_HEADS`` × the head size of the person in A (poseval's 0.6 × head box
+  diagonal; without a head box, ``HEAD_PER_BOX_HEIGHT`` × the box height). σ is half a head,
+  the PCKh@0.5 tolerance itself: a round trip off by the scoring threshold scores
+  exp(-1/2) ≈ 0.61, by twice of it 0.14, a consistent one 1. Fixed a priori from the metric's
+  own scale, not fitted to any result. A joint that leaves the image on the way back scores 0.
+* ``hrnet_pseudo``: the stage-1 HRNet run on B alone, in the crop of the planned box
+  (single-frame pseudo labels, ``inference.single_frame_fn``); all joints predicted, joint
+  score = heatmap maximum.
 
-Person score 1 everywhere. Coordinates: image pixels, pixel centres at integers, x right,
-y down.
+Every score is a confidence in [0, 1] that the joint is where it is predicted (higher: more
+likely right), as PoseWarper's warped heatmap maxima are. Person score 1 everywhere.
+Coordinates: image pixels, pixel centres at integers, x right, y down.
 """
 
 from __future__ import annotations
@@ -42,14 +54,21 @@ from posewarper_jax.data import pipeline as pipeline_lib
 from posewarper_jax.data.types import NUM_JOINTS, Person, VideoDataset
 
 __all__ = [
+    "FB_SIGMA_HEADS",
+    "HEAD_SIZE_PER_BOX_HEIGHT",
     "FarnebackParams",
     "carry_points",
+    "consistency_scores",
     "copy_nearest",
     "farneback",
     "farneback_flow",
     "hrnet_pseudo",
     "sample_flow",
+    "source_head_sizes",
 ]
+
+FB_SIGMA_HEADS = 0.5  # σ of the forward-backward score, in head sizes (the PCKh@0.5 radius)
+HEAD_SIZE_PER_BOX_HEIGHT = 0.125  # without a head box: a person is about eight heads tall
 
 
 def _plan(labeled, plan, boxes, reach) -> PropagationPlan:
@@ -69,11 +88,14 @@ def copy_nearest(
     plan: PropagationPlan | None = None,
 ) -> VideoDataset:
     """Each planned person on B takes the keypoints of the same track in its nearest labeled
-    frame A unchanged; joints unlabeled in A stay unlabeled. Joint scores 1 (labeled) / 0."""
+    frame A unchanged; joints unlabeled in A stay unlabeled. Joint scores ``1 / |δ|``
+    (labeled) / 0 (module docstring)."""
     plan = _plan(labeled, plan, boxes, reach)
     kpts = plan.source_keypoints[:, 0]  # [N, J, 3]
     present = kpts[:, :, 2] > 0
-    return predictions_from_plan(labeled, plan, kpts[:, :, :2], present, present.astype(float))
+    near = 1.0 / np.maximum(np.abs(plan.delta[:, :1]), 1)  # [N, 1]
+    scores = np.where(present, near, 0.0)
+    return predictions_from_plan(labeled, plan, kpts[:, :, :2], present, scores)
 
 
 # ----------------------------------------------------------------------------- Farneback
@@ -215,6 +237,54 @@ class _GreyFrames:
         return self.cache[t]
 
 
+def consistency_scores(
+    back_flows: Sequence[np.ndarray],
+    start: np.ndarray,
+    end: np.ndarray,
+    alive: np.ndarray,
+    sigma: np.ndarray,
+) -> np.ndarray:
+    """Forward-backward consistency of carried points as scores in [0, 1].
+
+    Args:
+      back_flows: the chain's flows in the reverse direction, in the order the points travel
+        back: flow (t_d → t_{d-1}) first, ..., flow (t_1 → t_0) last.
+      start: ``[N, 2]`` the points in frame t_0 (where they were carried from).
+      end: ``[N, 2]`` where the forward chain put them in frame t_d.
+      alive: bool ``[N]`` the points the forward chain kept.
+      sigma: ``[N]`` (or a scalar) σ in pixels, > 0.
+
+    Returns:
+      float64 ``[N]``: ``exp(-e² / (2 σ²))`` with e the distance between ``start`` and the
+      point carried back from ``end``; 0 where not ``alive`` or where the point leaves the
+      image on the way back.
+    """
+    start = np.asarray(start, np.float64).reshape(-1, 2)
+    pos, ok = carry_points(back_flows, end, alive)
+    err = np.linalg.norm(pos[-1] - start, axis=1)
+    sigma = np.broadcast_to(np.asarray(sigma, np.float64), err.shape)
+    return np.where(ok[-1], np.exp(-(err**2) / (2.0 * sigma**2)), 0.0)
+
+
+def source_head_sizes(labeled: VideoDataset, plan: PropagationPlan) -> np.ndarray:
+    """float64 ``[N]`` the head size (px) of each row's person in its nearest labeled frame A:
+    poseval's 0.6 × the head box's diagonal, or ``HEAD_SIZE_PER_BOX_HEIGHT`` × the height of
+    the plan's box when A's person has no usable head box."""
+    out = np.zeros(len(plan), np.float64)
+    for r in range(len(plan)):
+        size = 0.0
+        a, pi = int(plan.source_frame[r, 0]), int(plan.source_person[r, 0])
+        if a >= 0 and pi >= 0:
+            person = labeled.videos[int(plan.video[r])].frames[a].people[pi]
+            if person.head_bbox is not None:
+                head = np.asarray(person.head_bbox, np.float64)
+                size = 0.6 * float(np.hypot(head[2], head[3]))
+        if not (np.isfinite(size) and size > 0):
+            size = HEAD_SIZE_PER_BOX_HEIGHT * float(plan.box[r, 3])
+        out[r] = size if np.isfinite(size) and size > 0 else 1.0
+    return out
+
+
 def farneback(
     labeled: VideoDataset,
     *,
@@ -229,15 +299,19 @@ def farneback(
 
     For every labeled frame A and direction (forward to later targets, backward to earlier
     ones) one chain of flows A → A ± 1 → ... reaches the farthest target that takes its
-    labels from A; every flow is computed once per chain. Joints unlabeled in A or leaving
-    the image stay unlabeled (score 0); carried joints score 1. A frame that cannot be read
-    raises ``BadImageError``, or with ``skip_bad_images`` ends its chain there (targets
-    beyond it get no joints; the image is noted with ``pipeline.note_bad_image``).
+    labels from A; every flow of the chain, and of the reversed chain for the consistency
+    score, is computed once. Joints unlabeled in A or leaving the image stay unlabeled
+    (score 0); carried joints score their forward-backward consistency (module docstring).
+    A frame that cannot be read raises ``BadImageError``, or with ``skip_bad_images`` ends
+    its chain there (targets beyond it get no joints; the image is noted with
+    ``pipeline.note_bad_image``).
     """
     plan = _plan(labeled, plan, boxes, reach)
     n = len(plan)
     xy = np.zeros((n, NUM_JOINTS, 2))
     present = np.zeros((n, NUM_JOINTS), bool)
+    scores = np.zeros((n, NUM_JOINTS))
+    sigma = FB_SIGMA_HEADS * source_head_sizes(labeled, plan)
     src = plan.source_frame[:, 0]
     delta = plan.delta[:, 0]
     groups: dict[tuple[int, int, int], list[int]] = collections.defaultdict(list)
@@ -247,12 +321,12 @@ def farneback(
         video = labeled.videos[v]
         frames = _GreyFrames([f.path for f in video.frames], video.name)
         length = max(abs(int(delta[r])) for r in rows)
-        flows = []
+        flows, back = [], []
         try:
             for k in range(length):
-                flows.append(
-                    farneback_flow(frames(a + k * step), frames(a + (k + 1) * step), params)
-                )
+                prev, nxt = frames(a + k * step), frames(a + (k + 1) * step)
+                flows.append(farneback_flow(prev, nxt, params))
+                back.append(farneback_flow(nxt, prev, params))
         except pipeline_lib.BadImageError as err:
             if not skip_bad_images:
                 raise
@@ -268,7 +342,10 @@ def farneback(
             d = abs(int(delta[r]))
             if d <= reached:
                 xy[r], present[r] = pos[d, i], alive[d, i]
-    return predictions_from_plan(labeled, plan, xy, present, present.astype(float))
+                scores[r] = consistency_scores(
+                    back[:d][::-1], kpts[i, :, :2], pos[d, i], alive[d, i], sigma[r]
+                )
+    return predictions_from_plan(labeled, plan, xy, present, np.where(present, scores, 0.0))
 
 
 # ----------------------------------------------------------------------------- HRNet

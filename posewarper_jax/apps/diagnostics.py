@@ -3,13 +3,15 @@ r"""Where propagation accuracy goes: ceilings and ablations on the report's prop
   python -m posewarper_jax.apps.diagnostics --config configs/sparse.py --workdir runs/sparse
 
 Reads the finished stages of a main-job workdir (same ``--config`` as the run), rebuilds the
-validation propagation plan of the report (labels kept on every ``eval.propagation_every_k``-th
-frame, reach ``eval.propagation_reach``, ground-truth boxes) and prints poseval mAP rows, also
-written to ``WORKDIR/diagnostics.json``:
+validation propagation plan of the report (``apps.propagation_eval.held_out``: labels kept on
+every ``eval.propagation_every_k``-th frame, reach ``eval.propagation_reach``, each held-back
+frame cut with its nearest labeled frame's box, the labeled people carried) and prints poseval
+mAP rows, also written to ``WORKDIR/diagnostics.json``:
 
-* ``heatmap_ceiling``: every target frame's own ground truth rendered as heatmaps in its crop
-  and decoded, with the untrained (identity) head: what the heatmap grid, σ and decoding
-  allow at all.
+* ``heatmap_ceiling``: every target frame's own ground truth (the person of the same track on
+  that frame; none: no pose) rendered as heatmaps in its crop and decoded, with the untrained
+  (identity) head: what the heatmap grid, σ and decoding allow at all. It reads the held-back
+  ground truth on purpose: it is a bound, not a method.
 * ``identity_warp``: the untrained head carries A's ground truth through the heatmaps without
   any motion (≈ copying the nearest label; the difference is the heatmap round trip).
 * ``posewarper``: the trained head, as in the report.
@@ -51,30 +53,35 @@ __all__ = [
 ]
 
 
+def _target_person(boxes: VideoDataset, names: dict, plan, g: int, where: str):
+    """The person of row ``g``'s track on its target frame in ``boxes``, or None."""
+    name = plan.video_names[int(plan.video[g])]
+    if name not in names:
+        raise ValueError(f"{where}: video {name!r} of the plan is not in boxes")
+    frame = boxes.videos[names[name]].frames[int(plan.frame[g])]
+    track = int(plan.track_id[g])
+    if track < 0:
+        return None
+    return next((q for q in frame.people if q.track_id == track), None)
+
+
 def ceiling_plan(
     plan: propagation.PropagationPlan, boxes: VideoDataset
 ) -> propagation.PropagationPlan:
     """``plan`` with each row's source joints replaced by the target person's own ground truth.
 
     Args:
-      plan: a plan made with ``boxes`` (``plan.person`` indexes the people of frame B there).
-      boxes: the data set holding the target frames' ground truth.
+      plan: a propagation plan (with or without boxes).
+      boxes: the data set holding the target frames' ground truth; each row takes the person
+        of its track on its target frame (a row whose track is not there gets no joints).
     """
     names = {v.name: i for i, v in enumerate(boxes.videos)}
     kpts = plan.source_keypoints.copy()
     for g in range(len(plan)):
-        name = plan.video_names[int(plan.video[g])]
-        if name not in names:
-            raise ValueError(f"ceiling_plan: video {name!r} of the plan is not in boxes")
-        frame = boxes.videos[names[name]].frames[int(plan.frame[g])]
-        p = int(plan.person[g])
-        if not 0 <= p < len(frame.people):
-            raise ValueError(
-                f"ceiling_plan: row {g} (video {name!r}, frame {int(plan.frame[g])}) names "
-                f"person {p}, but the frame has {len(frame.people)}; make the plan with boxes"
-            )
+        person = _target_person(boxes, names, plan, g, "ceiling_plan")
         kpts[g, :] = 0.0
-        kpts[g, 0] = frame.people[p].keypoints
+        if person is not None:
+            kpts[g, 0] = person.keypoints
     return dataclasses.replace(plan, source_keypoints=kpts)
 
 
@@ -125,7 +132,7 @@ def motion_recovered(
     """How much of the true motion a propagation carries each joint.
 
     For every planned person and joint labeled in its source A, in the ground truth of B
-    (``boxes``, the data set the plan was made with) and predicted, with head size s of B:
+    (``boxes``: the person of the same track on B) and predicted, with head size s of B:
     m = (B's joint − A's joint) / s and p = (predicted − A's joint) / s. Returns
     ``{"slope": Σ p·m / Σ m·m, "error": median |p − m|, "joints": n}``: slope 1 follows the
     motion, 0 stays on A's label (copying); NaN where nothing moved.
@@ -140,8 +147,8 @@ def motion_recovered(
         q = predicted.get((name, frame, int(plan.track_id[g])))
         if q is None or plan.source_frame[g, 0] < 0 or name not in names:
             continue
-        b = boxes.videos[names[name]].frames[frame].people[int(plan.person[g])]
-        if b.head_bbox is None:
+        b = _target_person(boxes, names, plan, g, "motion_recovered")
+        if b is None or b.head_bbox is None:
             continue
         size = 0.6 * float(np.hypot(b.head_bbox[2], b.head_bbox[3]))
         a = plan.source_keypoints[g, 0]
@@ -179,10 +186,10 @@ def run_diagnostics(
     (``{str(|δ|): {"posewarper": table, "farneback": table, "people": n,
     "motion_recovered": {"posewarper": ..., "farneback": ...}}}``, see
     ``motion_recovered``); ``flip_test`` is PoseWarper's setting in ``by_delta``."""
-    from posewarper_jax.data import sparse
+    from posewarper_jax.apps import propagation_eval
 
-    labeled, held = sparse.make_sparse_subset(val, every_k=every_k, seed=seed)
-    plan = propagation.plan_propagation(labeled, boxes=val, reach=reach)
+    setting = propagation_eval.held_out(val, every_k=every_k, seed=seed, reach=reach)
+    labeled, held, plan = setting.labeled, setting.held_back, setting.plan
     out: dict[str, Any] = {"people": len(plan)}
 
     def prop(variables, p=plan, **kw):

@@ -10,13 +10,15 @@ from the same boxes:
   1 <= |δ| <= ``reach`` = 3). B takes the labels of the NEAREST such A; on a tie (A at B - δ
   and at B + δ) the earlier frame wins. Frames with no labeled frame within reach get no
   prediction.
-* People. With ``boxes`` (a ``VideoDataset`` holding the people of the target frames, e.g.
-  the full ground truth or tracked detections) each person on B is matched by ``track_id`` to
-  the person of A with the same track; the crop is B's own box. A person on B without a
-  same-track person in A (someone entering the video), without a track id (< 0) or whose A
-  has no labeled joint cannot be propagated and gets no pose. Without ``boxes`` B receives
-  A's people, cropped with A's box (the crop the warping head was trained with: stage 2 cuts
-  both frames of a pair with A's box).
+* People. Without ``boxes`` (the main job's setting, ``apps.propagation_eval``) B receives
+  A's people, with A's track ids, cropped with A's box (the crop the warping head was trained
+  with: stage 2 cuts both frames of a pair with A's box); nothing of B but its image is read.
+  With ``boxes`` (a ``VideoDataset`` holding the people of the target frames from elsewhere,
+  e.g. tracked detections or a box file of one's own) each person on B is matched by
+  ``track_id`` to the person of A with the same track; the crop is B's own box. A person on B
+  without a same-track person in A (someone entering the video), without a track id (< 0) or
+  whose A has no labeled joint cannot be propagated and gets no pose. Boxes taken from B's
+  held-back ground truth would hand a method information it cannot have at test time.
 * Blend (optional, ``blend=True``). The nearest labeled frame on the other side of B within
   reach, if it holds the same track, is a second source. The warped maps of the sources are
   averaged per joint with weights ``1/|δ|`` renormalised over the sources in which that joint

@@ -7,7 +7,10 @@
    "config": {...}, "timing_s": {...}, "extra": {...}}
 
 where each T is ``{"Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Total"}``
-in percent, as ``eval.posetrack_map`` returns it. ``"extra"`` is written only when there is
+in percent, as ``eval.posetrack_map`` returns it. When the caller measured them,
+``"propagation_scoring"`` follows the tables: per propagation method the mAP, the mAP with
+constant scores and PCKh@0.5, overall and by |δ| (``apps.report_scoring``; a section of
+``report.md``). ``"extra"`` is written only when there is
 something to put in it: the caller's ``results["extra"]`` (counts, COCO AP, other tables...),
 the prediction paths (``"predictions"``), the pictures (``"figures"``) and the device.
 
@@ -39,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from posewarper_jax.apps import draw
+from posewarper_jax.apps import draw, report_scoring
 from posewarper_jax.data.types import VideoDataset
 from posewarper_jax.eval.posetrack_map import COLUMNS
 
@@ -79,7 +82,7 @@ METHOD_LABELS: dict[str, str] = {
     "posewarper_aggregation": "PoseWarper temporal aggregation",
     "hrnet_pseudo_augmented": "HRNet, sparse + propagated pseudo labels",
 }
-RESULT_KEYS = ("propagation", "detection", "predictions", "extra")
+RESULT_KEYS = ("propagation", "detection", "propagation_scoring", "predictions", "extra")
 REPORT_DIR = "report"
 _RESERVED_EXTRA = ("predictions", "figures", "device")
 _TOLERANCE = 1e-6  # AP sums can land a rounding error above 100
@@ -219,6 +222,11 @@ def build_report(
     report: dict[str, Any] = {
         section: _jsonable(tables[section], section, strict=True) for section in SECTIONS
     }
+    if results.get(report_scoring.KEY):
+        scoring = report_scoring.validate_scoring(
+            results[report_scoring.KEY], PROPAGATION_METHODS, _number
+        )
+        report[report_scoring.KEY] = _jsonable(scoring, report_scoring.KEY, strict=True)
     report["config"] = _jsonable(config, "config", strict=False)
     if not isinstance(report["config"], dict):
         raise ValueError(f"report: config must be a mapping, got {type(config).__name__}")
@@ -249,7 +257,20 @@ def load_report(path: str) -> dict[str, Any]:
         for row in report.get(section, {}).values():
             for c, v in row.items():
                 row[c] = math.nan if v is None else v
+    _nan_tables(report.get(report_scoring.KEY, {}))
     return report
+
+
+def _nan_tables(node: Any) -> None:
+    """The ``null`` cells of every table under ``node`` back to NaN, in place."""
+    if not isinstance(node, dict):
+        return
+    for value in node.values():
+        if _is_table(value):
+            for c, v in value.items():
+                value[c] = math.nan if v is None else v
+        else:
+            _nan_tables(value)
 
 
 # ----------------------------------------------------------------------------- Markdown
@@ -379,6 +400,9 @@ def render_markdown(report: Mapping[str, Any], workdir: str = ".") -> str:
         out += [f"## {SECTION_TITLES[section]}", ""]
         out += ["mAP (%), poseval's PCKh@0.5 per joint group; best per column in bold.", ""]
         out += [markdown_table(report[section], METHOD_LABELS), ""]
+    out += report_scoring.render_scoring(
+        report.get(report_scoring.KEY) or {}, METHOD_LABELS, markdown_table
+    )
     predictions = extra.pop("predictions", None)
     figures = extra.pop("figures", None)
     tracking = extra.pop("tracking", None)
