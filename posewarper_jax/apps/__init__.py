@@ -6,7 +6,9 @@
 * ``detection``: test-time pose detection, single-frame (stage-1 HRNet) and with temporal
   aggregation over a window of neighbouring frames (symmetric or causal).
 * ``propagation``: sparse labels carried to unlabeled frames by the warping head;
-  ``baselines``: copying the nearest label, Farneback optical flow, single-frame HRNet.
+  ``baselines``: copying the nearest label, Farneback optical flow, single-frame HRNet;
+  ``propagation_eval``: the main job's setting (labels held back, every method cut with the
+  labeled frame's box) and its three score views (``report_scoring`` in the report).
 * ``augment``: pseudo labels propagated to the neighbours of labeled frames.
 * ``report`` / ``draw``: the main job's report and its pictures.
 * One's own video (the ``label``, ``propagate`` and ``track`` commands): ``trained`` (a
