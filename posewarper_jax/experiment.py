@@ -17,7 +17,7 @@ import ml_collections as mlc
 from posewarper_jax import storage
 from posewarper_jax.cli import ExpectedError
 from posewarper_jax.data import pipeline as pipeline_lib
-from posewarper_jax.data import transforms
+from posewarper_jax.data import splits, transforms
 from posewarper_jax.data.types import VideoDataset
 from posewarper_jax.models.hrnet import HRNET_VARIANTS, get_hrnet_config
 from posewarper_jax.models.posewarper import BACKBONE_BN_MODES, PoseWarper
@@ -97,6 +97,8 @@ def validate(config: mlc.ConfigDict) -> None:
         _fail("input.target_encoding", encoding, f"must be one of {encodings}")
     if decoding not in DECODINGS:
         _fail("eval.decoding", decoding, f"must be one of {DECODINGS}")
+    if eval_split(config) not in splits.SPLITS:
+        _fail("eval.split", eval_split(config), f"must be one of {splits.SPLITS}")
 
     m = config.model
     if m.backbone not in HRNET_VARIANTS:
@@ -281,6 +283,35 @@ def load_split(config: mlc.ConfigDict, split: str) -> VideoDataset:
     if config.data.kind == "posetrack17":
         return posetrack.load_posetrack17(ann, config.data.root)
     return posetrack.load_posetrack18(ann, config.data.root)
+
+
+def eval_split(config: mlc.ConfigDict) -> str:
+    """``eval.split``: the validation videos a run scores (``data.splits``: ``test``, ``dev``
+    or ``all``); ``all`` for a config written before the field existed."""
+    return str(config.eval.get("split", "all"))
+
+
+def eval_videos(config: mlc.ConfigDict, split: str | None = None) -> VideoDataset:
+    """The validation videos of ``split`` (default ``eval_split(config)``) by the fixed rule
+    of ``data.splits``.
+
+    Raises:
+      ConfigError: an unknown split, or one holding no video of this validation set (a set of
+        one video has no ``dev`` split).
+    """
+    split = eval_split(config) if split is None else split
+    if split not in splits.SPLITS:
+        _fail("eval.split", split, f"must be one of {splits.SPLITS}")
+    val = load_split(config, "val")
+    out = splits.select(val, split)
+    if not out.videos:
+        _fail(
+            "eval.split",
+            split,
+            f"no validation video of {data_path(config, config.data.val_ann)} falls in it "
+            f"({len(val.videos)} video(s); {splits.RULE}); choose another split",
+        )
+    return out
 
 
 def sparse_subset(config: mlc.ConfigDict, dataset: VideoDataset):

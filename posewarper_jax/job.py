@@ -326,17 +326,63 @@ def _scored(workdir, section, name, gt, compute, timing, image_root):
     return table, pred, pred_dir
 
 
+EVAL_SPLIT = storage.join("eval", "split.json")
+
+
+def _claim_eval_split(workdir: str, evaluation: dict) -> None:
+    """Marks the workdir's scores (``eval/``, ``predictions/``) as those of ``evaluation``'s
+    split and videos, before the first score file; a resumed run that would score another
+    split stops instead of reading the other split's scores back.
+
+    Raises:
+      cli.ExpectedError: ``eval/`` holds the scores of another split (or scores written
+        before the split existed: every validation video).
+    """
+    marker = storage.join(workdir, EVAL_SPLIT)
+    want = {"split": evaluation["split"], "videos": evaluation["videos"]}
+    if storage.exists(marker):
+        have = json.loads(storage.read_text(marker))
+        have = {"split": have.get("split"), "videos": have.get("videos")}
+    elif storage.glob(storage.join(workdir, "eval"), "*.json"):
+        have = {"split": "all (written before eval.split existed)", "videos": None}
+    else:
+        _write_json(marker, want)
+        return
+    if have != want:
+        raise cli.ExpectedError(
+            f"{marker}: this workdir's evaluation scored the {have['split']!r} split, "
+            f"config.eval.split={want['split']!r} asks for "
+            + ("other videos" if have["split"] == want["split"] else "another")
+            + "; evaluate it in another workdir (a copy of this one without eval/, "
+            "predictions/ and report*), or run with the workdir's split"
+        )
+
+
 def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, timing):
     """Propagation, detection and augmentation results (mAP tables, predictions, extras)."""
     from posewarper_jax.apps import augment, detection, propagation_eval
-    from posewarper_jax.data import detections, sparse
+    from posewarper_jax.data import detections, sparse, splits
     from posewarper_jax.data import pipeline as pipeline_lib
 
     mesh = training.data_mesh()
     bad_log = bad_image_log(config, workdir)
     eval_cfg = experiment.pipeline_config(config, "eval", bad_image_log=bad_log)
     root = config.data.root
-    val = experiment.load_split(config, "val")
+    # The validation videos of eval.split (data.splits: a fixed rule halves them into dev
+    # and test); every table of the report scores these and no others.
+    val = experiment.eval_videos(config)
+    split = experiment.eval_split(config)
+    evaluation = {
+        "split": split,
+        "rule": splits.RULE,
+        "videos": [v.name for v in val.videos],
+        "of_videos": int(val.extra["split"]["of_videos"]),
+    }
+    _log(
+        f"evaluation: the {split!r} split, {len(val.videos)} of "
+        f"{evaluation['of_videos']} validation videos"
+    )
+    _claim_eval_split(workdir, evaluation)
     flip = bool(config.eval.get("flip_test", False))
     # The sparse labels, the held-back ground truth (for scoring only) and the plan: every
     # held-back frame cut with its nearest labeled frame's box, for every method.
@@ -457,7 +503,8 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
     return {
         "propagation": tables["propagation"],
         "detection": tables["detection"],
-        "propagation_scoring": {"split": "val", "methods": scoring},
+        "evaluation": evaluation,
+        "propagation_scoring": {"split": split, "methods": scoring},
         "predictions": paths,
         "extra": {
             "detection": extra_tables,

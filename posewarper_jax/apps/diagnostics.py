@@ -5,8 +5,11 @@ r"""Where propagation accuracy goes: ceilings and ablations on the report's prop
 Reads the finished stages of a main-job workdir (same ``--config`` as the run), rebuilds the
 validation propagation plan of the report (``apps.propagation_eval.held_out``: labels kept on
 every ``eval.propagation_every_k``-th frame, reach ``eval.propagation_reach``, each held-back
-frame cut with its nearest labeled frame's box, the labeled people carried) and prints poseval
-mAP rows, also written to ``WORKDIR/diagnostics.json``:
+frame cut with its nearest labeled frame's box, the labeled people carried) on the videos of
+``--split`` and prints poseval mAP rows, also written to ``WORKDIR/diagnostics.json`` with the
+split and its video names (``"evaluation"``). The split is ``dev`` unless asked otherwise
+(``--split=test`` or ``all``): the half of the validation videos that settings are chosen on
+(``data.splits``), never the ``test`` half that the report scores.
 
 * ``heatmap_ceiling``: every target frame's own ground truth (the person of the same track on
   that frame; none: no pose) rendered as heatmaps in its crop and decoded, with the untrained
@@ -256,8 +259,12 @@ def _main(argv):  # pragma: no cover - exercised through the CLI
 
 
 def _diagnose(config, workdir: str) -> None:  # pragma: no cover - exercised through the CLI
+    from absl import flags
+
     from posewarper_jax import experiment, fileio, job, training
 
+    split = flags.FLAGS.split
+    val = experiment.eval_videos(config, split)  # an empty split fails before any work
     model = experiment.make_model(config)
     mesh = training.data_mesh()
     initial = training.init_variables(model, config.input.image_size, config.seed)
@@ -267,11 +274,12 @@ def _diagnose(config, workdir: str) -> None:  # pragma: no cover - exercised thr
         variables = job.run_job_stage(
             config, workdir, model, name, index, variables, train, config[name], None, mesh
         )
+    print(f"diagnostics: the {split!r} split, {len(val.videos)} validation videos", flush=True)
     out = run_diagnostics(
         model,
         initial,
         variables,
-        experiment.load_split(config, "val"),
+        val,
         every_k=int(config.eval.propagation_every_k),
         reach=int(config.eval.propagation_reach),
         seed=int(config.sparse.seed),
@@ -279,6 +287,11 @@ def _diagnose(config, workdir: str) -> None:  # pragma: no cover - exercised thr
         mesh=mesh,
         flip_test=bool(config.eval.flip_test),
     )
+    out["evaluation"] = {
+        "split": split,
+        "videos": [v.name for v in val.videos],
+        "of_videos": int(val.extra["split"]["of_videos"]),
+    }
     if jax.process_index() == 0:
         path = os.path.join(workdir, "diagnostics.json")
         fileio.write_json(path, out)
@@ -293,6 +306,9 @@ if __name__ == "__main__":  # pragma: no cover
 
     config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
     flags.DEFINE_string("workdir", "runs/default", "The main job's workdir.")
+    flags.DEFINE_enum(
+        "split", "dev", ["dev", "test", "all"], "Validation videos to diagnose (data.splits)."
+    )
     cli.define_absl_debug_flag()
     flags.mark_flags_as_required(["config"])
     cli.run_absl(_main)

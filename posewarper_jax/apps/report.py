@@ -7,7 +7,10 @@
    "config": {...}, "timing_s": {...}, "extra": {...}}
 
 where each T is ``{"Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Total"}``
-in percent, as ``eval.posetrack_map`` returns it. When the caller measured them,
+in percent, as ``eval.posetrack_map`` returns it. ``"evaluation"`` (when the caller gives
+it) names the validation videos every table scores: ``{"split": "test", "rule": ...,
+"videos": [names], "of_videos": n}`` (``data.splits``: a fixed rule halves the validation
+videos into ``dev`` and ``test``; the main job reports ``test``). When the caller measured them,
 ``"propagation_scoring"`` follows the tables: per propagation method the mAP, the mAP with
 constant scores and PCKh@0.5, overall and by |δ| (``apps.report_scoring``; a section of
 ``report.md``). ``"extra"`` is written only when there is
@@ -82,7 +85,14 @@ METHOD_LABELS: dict[str, str] = {
     "posewarper_aggregation": "PoseWarper temporal aggregation",
     "hrnet_pseudo_augmented": "HRNet, sparse + propagated pseudo labels",
 }
-RESULT_KEYS = ("propagation", "detection", "propagation_scoring", "predictions", "extra")
+RESULT_KEYS = (
+    "propagation",
+    "detection",
+    "evaluation",
+    "propagation_scoring",
+    "predictions",
+    "extra",
+)
 REPORT_DIR = "report"
 _RESERVED_EXTRA = ("predictions", "figures", "device")
 _TOLERANCE = 1e-6  # AP sums can land a rounding error above 100
@@ -222,6 +232,8 @@ def build_report(
     report: dict[str, Any] = {
         section: _jsonable(tables[section], section, strict=True) for section in SECTIONS
     }
+    if results.get("evaluation"):
+        report["evaluation"] = _evaluation(results["evaluation"])
     if results.get(report_scoring.KEY):
         scoring = report_scoring.validate_scoring(
             results[report_scoring.KEY], PROPAGATION_METHODS, _number
@@ -246,6 +258,18 @@ def build_report(
     if extra:
         report["extra"] = extra
     return report
+
+
+def _evaluation(value: Any) -> dict[str, Any]:
+    """``results["evaluation"]``: the validation split scored (``data.splits``), checked."""
+    if not isinstance(value, Mapping):
+        raise ValueError("report: results['evaluation'] must be a mapping")
+    split, videos = value.get("split"), value.get("videos")
+    if not isinstance(split, str) or not split:
+        raise ValueError(f"report: results['evaluation']['split'] must be a name, got {split!r}")
+    if not isinstance(videos, list | tuple) or not all(isinstance(v, str) for v in videos):
+        raise ValueError("report: results['evaluation']['videos'] must be a list of video names")
+    return _jsonable(value, "results['evaluation']", strict=True)
 
 
 def load_report(path: str) -> dict[str, Any]:
@@ -375,6 +399,21 @@ def _run_lines(config: Mapping, device: str | None) -> list[str]:
     return lines
 
 
+def _evaluation_lines(evaluation: Mapping[str, Any]) -> list[str]:
+    """'What was run' bullet of the validation split scored."""
+    if not evaluation:
+        return []
+    videos = list(evaluation.get("videos", []))
+    of = evaluation.get("of_videos")
+    count = f"{len(videos)} of {of}" if of is not None else str(len(videos))
+    rule = f" ({evaluation['rule']})" if evaluation.get("rule") else ""
+    names = ", ".join(f"`{v}`" for v in videos)
+    return [
+        f"- Scored on the `{evaluation.get('split')}` split of the validation videos{rule}: "
+        f"{count} videos: {names}"
+    ]
+
+
 def _rel(path: str, workdir: str) -> str:
     """``path`` relative to ``workdir`` when inside it (POSIX separators, for Markdown links)."""
     path = os.fspath(path)
@@ -395,7 +434,8 @@ def render_markdown(report: Mapping[str, Any], workdir: str = ".") -> str:
     config = report.get("config", {})
     extra = dict(report.get("extra", {}))
     out = ["# PoseWarper from sparse labels: results", ""]
-    out += ["## What was run", "", *_run_lines(config, extra.pop("device", None)), ""]
+    out += ["## What was run", "", *_run_lines(config, extra.pop("device", None))]
+    out += [*_evaluation_lines(report.get("evaluation") or {}), ""]
     for section in SECTIONS:
         out += [f"## {SECTION_TITLES[section]}", ""]
         out += ["mAP (%), poseval's PCKh@0.5 per joint group; best per column in bold.", ""]

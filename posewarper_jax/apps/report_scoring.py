@@ -4,7 +4,7 @@
 ``report.json`` holds, when the job measured them::
 
   "propagation_scoring": {
-    "split": "val",
+    "split": "test",
     "methods": {
       "<method>": {"map": T, "map_constant_scores": T, "pckh": T,
                    "frames": n, "people": n, "frames_beyond_reach": n,
@@ -17,7 +17,8 @@ views of ``eval.score_views.propagation_views``: ``map`` is the same figure as t
 ``"propagation"`` table (poseval's mAP with the method's own joint scores),
 ``map_constant_scores`` poseval's mAP with every predicted joint scored 1, ``pckh`` PCKh@0.5
 (no scores); ``frames``/``people`` count the ground truth scored, ``by_delta`` repeats the
-views on the held-back frames whose nearest labeled frame is |δ| away.
+views on the held-back frames whose nearest labeled frame is |δ| away; ``split`` is the
+validation split scored (``data.splits``: ``test`` in the main job).
 """
 
 from __future__ import annotations
