@@ -29,7 +29,7 @@ import numpy as np
 from posewarper_jax import cli, experiment, fileio, storage, training
 from posewarper_jax import workdir as workdir_lib
 from posewarper_jax.data.types import VideoDataset
-from posewarper_jax.metrics import MetricWriter
+from posewarper_jax.metrics import MetricWriter, close_metric_writers
 
 
 def _log(msg: str) -> None:
@@ -108,8 +108,14 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     """
     experiment.validate(config)
     cli.check_writable_dir(workdir, "workdir")
+    storage.check_checkpoint_dir(workdir, "workdir")
     with workdir_lib.lock(workdir, enabled=jax.process_index() == 0):
-        return _train_and_evaluate(config, workdir)
+        try:
+            return _train_and_evaluate(config, workdir)
+        finally:
+            # Written out even when the job stops on an error (on a bucket the metrics and
+            # TensorBoard files are uploaded when their writer closes).
+            close_metric_writers()
 
 
 def _train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+import weakref
 from typing import Any
 
 import jax
@@ -127,6 +128,15 @@ class _RemoteLines:
         self.flush(force=True)
 
 
+_OPEN_WRITERS: weakref.WeakSet = weakref.WeakSet()
+
+
+def close_metric_writers() -> None:
+    """Closes every ``MetricWriter`` still open (a job that stops on an error)."""
+    for writer in list(_OPEN_WRITERS):
+        writer.close()
+
+
 class MetricWriter:
     """Writes scalars to ``workdir/metrics.jsonl`` and ``workdir/tensorboard``.
 
@@ -138,6 +148,7 @@ class MetricWriter:
         self._tb = None
         self._jsonl = None
         self._remote = storage.is_remote(workdir)
+        _OPEN_WRITERS.add(self)
         if self.enabled:
             path = storage.join(workdir, "metrics.jsonl")
             if self._remote:

@@ -114,6 +114,16 @@ def abspath(path: Any) -> str:
     return text.rstrip("/") if is_remote(text) else os.path.abspath(text)
 
 
+def normpath(path: Any) -> str:
+    """``os.path.normpath``; a URL keeps its ``scheme://``."""
+    text = to_str(path)
+    name = scheme(text)
+    if not name:
+        return os.path.normpath(text)
+    rest = text[len(name) + 3 :]
+    return f"{name}://" + os.path.normpath(rest).lstrip("/") if rest else text
+
+
 def dirname(path: Any) -> str:
     text = to_str(path)
     if is_remote(text):
@@ -318,3 +328,21 @@ def listdir_or_empty(path: Any) -> list[str]:
         return listdir(path)
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+# Where Orbax can write checkpoint arrays: TensorStore's file driver (local paths) and its
+# GCS driver (gs://). Any other URL is handed to the file driver and fails at the first save.
+CHECKPOINT_SCHEMES = ("", "gs")
+
+
+def check_checkpoint_dir(path: Any, what: str) -> None:
+    """Raises a one-line ``StorageError`` when Orbax cannot write checkpoints under ``path``
+    (an ``s3://`` workdir: its data root and every other file may be on S3)."""
+    text = to_str(path)
+    if scheme(text) not in CHECKPOINT_SCHEMES:
+        raise StorageError(
+            f"{what} {text}: Orbax writes checkpoint arrays (through TensorStore) only to "
+            f"local paths and gs://, not {scheme(text)}://; use a gs:// bucket or a mounted "
+            "file system for it (data roots, annotation and image files may stay on "
+            f"{scheme(text)}://)"
+        )

@@ -166,7 +166,8 @@ class WorkdirLock:
         try:
             with self._guard():
                 info = self._read()
-                if info and info.get("pid") == os.getpid():
+                mine = info and info.get("host") in (None, socket.gethostname())
+                if mine and info.get("pid") == os.getpid():
                     storage.remove(self.path)
         except (OSError, storage.StorageError):
             pass  # the workdir went away; nothing to release

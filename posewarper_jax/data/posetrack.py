@@ -326,7 +326,7 @@ def _relative_name(path: str, root: str) -> str:
 
 
 def _image_path(root: str, name: str) -> str:
-    return os.path.normpath(os.path.join(root, name))
+    return storage.normpath(os.path.join(root, name))
 
 
 def sequence_image_id(video_name: str, index: int, video_position: int) -> int:
