@@ -171,12 +171,64 @@ def test_parse_seeds_and_draw_configs():
         seeds.draw_config(real, 1)
 
 
-@pytest.mark.slow
-def test_runlocal_sweep_with_two_seeds(tmp_path):
-    """Two draws of the runlocal variant end to end, the summary over both, and a second call
-    that finds both draws finished."""
+def test_run_seeds_runs_each_draw_and_summarizes_after_each(tmp_path, monkeypatch):
+    """The sweep's bookkeeping with the job replaced by one writing a hand-built report:
+    one workdir and data root per draw, the summary rewritten after each draw (the missing
+    ones named), a failing draw stops the sweep with the earlier draws summarized."""
+    from posewarper_jax import job
+
+    calls = []
+    figures = {0: (82.0, 81.0, 47.0), 1: (80.0, 78.0, 45.5), 2: (75.0, 76.0, 44.0)}
+
+    def fake_job(config, workdir):
+        seed = int(config.data.synthetic_seed)
+        calls.append((seed, config.data.root, config.pretrain.root, workdir))
+        if seed == 2:
+            raise RuntimeError("draw 2 stopped")
+        summary = (
+            json.loads((tmp_path / "runs" / "summary.json").read_text()) if calls[1:] else None
+        )
+        assert summary is None or summary["seeds"] == [0] and summary["missing"] == [1, 2]
+        report.write_report(workdir, _results(*figures[seed], seed), config, TIMING, device="cpu")
+
+    monkeypatch.setattr(job, "train_and_evaluate", fake_job)
     c = _config("runlocal")
     c.data.root = str(tmp_path / "data" / "tiny")
+    with pytest.raises(RuntimeError, match="draw 2"):
+        seeds.run_seeds(c, str(tmp_path / "runs"), [0, 1, 2], log=lambda *_: None)
+    assert [(s, os.path.basename(r), os.path.basename(p)) for s, r, p, _ in calls] == [
+        (0, "tiny", "tiny_stills"),
+        (1, "tiny_seed1", "tiny_stills"),
+        (2, "tiny_seed2", "tiny_stills"),
+    ]
+    assert [w for *_, w in calls] == [str(tmp_path / "runs" / f"seed_{s}") for s in (0, 1, 2)]
+    summary = json.loads((tmp_path / "runs" / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["missing"] == [2]
+    pw = summary["rows"]["propagation/posewarper/map"]["columns"]["Total"]
+    assert pw["values"] == [82.0, 80.0] and pw["std"] == pytest.approx(math.sqrt(2))
+    assert summary["draws"]["1"]["workdir"].endswith("seed_1")
+    md = (tmp_path / "runs" / "summary.md").read_text()
+    assert "| PoseWarper, mAP | 81.0 ± 1.4 | 82.0 | 80.0 |" in md
+    # --summarize_only's path: the finished draws only, nothing run.
+    calls.clear()
+    again = seeds.write_summary(str(tmp_path / "runs"), [0, 1, 2])
+    assert again["rows"] == summary["rows"] and not calls
+    assert seeds.write_summary(str(tmp_path / "none"), [0]) is None
+
+
+@pytest.mark.slow
+def test_runlocal_sweep_with_two_seeds(tmp_path):
+    """Two draws of the runlocal variant end to end (made smaller still: no pre-training, a
+    one-block head, 64 x 64 crops, two steps per stage, no flip test), the summary over both,
+    and a second call that finds both draws finished."""
+    c = _config("runlocal")
+    c.data.root = str(tmp_path / "data" / "tiny")
+    c.pretrain.data = "none"
+    c.model.dilations, c.model.head_blocks = (3,), 1
+    c.input.image_size = (64, 64)
+    c.eval.flip_test = False
+    for stage in (c.stage1, c.stage2):
+        stage.max_steps = 2
     summary = seeds.run_seeds(c, str(tmp_path / "runs"), [0, 1], log=lambda *_: None)
     assert summary["seeds"] == [0, 1] and summary["split"] == "test" and summary["missing"] == []
     assert os.path.isdir(str(tmp_path / "data" / "tiny_seed1"))
