@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 # Bumped whenever the same config would produce different files.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,7 +16,9 @@ class SyntheticConfig:
 
     Attributes:
       seed: master seed; video i of split s is drawn from ``SeedSequence([seed, s, i])``.
-      num_train_videos, num_val_videos: videos per split.
+      num_train_videos, num_val_videos: videos per split. 12 validation videos by default:
+        ``data.splits`` halves them into ``dev`` (choosing settings) and ``test`` (the
+        report), 6 each.
       min_frames, max_frames: each video's length is drawn uniformly from this range.
       width, height: frame size in pixels.
       fps: frames per second of the simulated camera; motions move at real speeds, so a lower
@@ -38,7 +40,7 @@ class SyntheticConfig:
 
     seed: int = 0
     num_train_videos: int = 16
-    num_val_videos: int = 6
+    num_val_videos: int = 12
     min_frames: int = 40
     max_frames: int = 60
     width: int = 320
