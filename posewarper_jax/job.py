@@ -432,6 +432,12 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
             f"{scoring[name]['map_constant_scores']['Total']:.1f}, "
             f"PCKh@0.5 {scoring[name]['pckh']['Total']:.1f}"
         )
+    # The same by the conditions the synthetic data records (None on other data).
+    from posewarper_jax.apps import report_conditions
+
+    by_condition = report_conditions.measure(
+        root, "val", val_held, {n: preds["propagation"][n] for n in PROPAGATION}, split=split
+    )
 
     # ------------------------------------------------------------------ detection
     boxes: Any = "gt"
@@ -511,6 +517,7 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
         "detection": tables["detection"],
         "evaluation": evaluation,
         "propagation_scoring": {"split": split, "methods": scoring},
+        **({report_conditions.KEY: by_condition} if by_condition else {}),
         "predictions": paths,
         "extra": {
             "detection": extra_tables,

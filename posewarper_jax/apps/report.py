@@ -12,7 +12,9 @@ it) names the validation videos every table scores: ``{"split": "test", "rule": 
 "videos": [names], "of_videos": n}`` (``data.splits``: a fixed rule halves the validation
 videos into ``dev`` and ``test``; the main job reports ``test``). When the caller measured them,
 ``"propagation_scoring"`` follows the tables: per propagation method the mAP, the mAP with
-constant scores and PCKh@0.5, overall and by |δ| (``apps.report_scoring``; a section of
+constant scores and PCKh@0.5, overall and by |δ| (``apps.report_scoring``), and on data that
+records its conditions ``"propagation_by_condition"``: the scores on blurred, defocused, fast
+and occluded subsets (``apps.report_conditions``); each a section of
 ``report.md``). ``"extra"`` is written only when there is
 something to put in it: the caller's ``results["extra"]`` (counts, COCO AP, other tables...),
 the prediction paths (``"predictions"``), the pictures (``"figures"``) and the device.
@@ -45,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from posewarper_jax.apps import draw, report_scoring
+from posewarper_jax.apps import draw, report_conditions, report_scoring
 from posewarper_jax.data.types import VideoDataset
 from posewarper_jax.eval.posetrack_map import COLUMNS
 
@@ -90,6 +92,7 @@ RESULT_KEYS = (
     "detection",
     "evaluation",
     "propagation_scoring",
+    report_conditions.KEY,
     "predictions",
     "extra",
 )
@@ -239,6 +242,11 @@ def build_report(
             results[report_scoring.KEY], PROPAGATION_METHODS, _number
         )
         report[report_scoring.KEY] = _jsonable(scoring, report_scoring.KEY, strict=True)
+    if results.get(report_conditions.KEY):
+        by_condition = report_conditions.validate_conditions(
+            results[report_conditions.KEY], PROPAGATION_METHODS, _number
+        )
+        report[report_conditions.KEY] = _jsonable(by_condition, report_conditions.KEY, strict=True)
     report["config"] = _jsonable(config, "config", strict=False)
     if not isinstance(report["config"], dict):
         raise ValueError(f"report: config must be a mapping, got {type(config).__name__}")
@@ -282,6 +290,7 @@ def load_report(path: str) -> dict[str, Any]:
             for c, v in row.items():
                 row[c] = math.nan if v is None else v
     _nan_tables(report.get(report_scoring.KEY, {}))
+    _nan_tables(report.get(report_conditions.KEY, {}))
     return report
 
 
@@ -442,6 +451,9 @@ def render_markdown(report: Mapping[str, Any], workdir: str = ".") -> str:
         out += [markdown_table(report[section], METHOD_LABELS), ""]
     out += report_scoring.render_scoring(
         report.get(report_scoring.KEY) or {}, METHOD_LABELS, markdown_table
+    )
+    out += report_conditions.render_conditions(
+        report.get(report_conditions.KEY) or {}, METHOD_LABELS
     )
     predictions = extra.pop("predictions", None)
     figures = extra.pop("figures", None)

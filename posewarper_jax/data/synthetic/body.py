@@ -132,11 +132,13 @@ class Motion:
     root: float64 [T, 2] pelvis position on the ground plane (world X, Z).
     yaw: float64 [T] heading (radians, 0 faces world +Z).
     angles: name -> float64 [T] joint angles (``ANGLE_NAMES``).
+    lift: float64 [T] height of the feet above the ground (a jump's flight), or None (0).
     """
 
     root: np.ndarray
     yaw: np.ndarray
     angles: dict[str, np.ndarray]
+    lift: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -290,6 +292,94 @@ _ACTIVITY_PROB = {
 }
 
 
+# Sports-like fast motions (``sample_fast_activity``): each alone, the person's whole program.
+#   run:   2.5-4.5 m/s (jogging to sprinting), 1.3-1.6 strides/s, arms bent and swinging.
+#   jump:  repeated vertical jumps 0.15-0.5 m high (flight 0.35-0.64 s), a crouch before
+#          take-off and after landing, arms swung from behind to overhead.
+#   swing: a bat/racket/golf-like swing every 1.2-2.5 s: both arms sweep across the body with a
+#          torso twist of 1.6-2.4 rad in 0.25-0.45 s (hands at 5-9 m/s).
+#   spin:  bursts of fast turning (dance, throwing), 5-10 rad/s for 0.4-1.0 s, arms out.
+FAST_ACTIVITIES: tuple[str, ...] = ("run", "jump", "swing", "spin")
+_GRAVITY = 9.81
+
+
+def sample_fast_activity(rng: np.random.Generator) -> tuple[str, ...]:
+    """One sports-like fast motion (``FAST_ACTIVITIES``), uniformly."""
+    return (str(rng.choice(FAST_ACTIVITIES)),)
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def _fast_motion(
+    rng: np.random.Generator, kind: str, t: np.ndarray, a: dict[str, np.ndarray]
+) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """Adds a fast motion program to the angles ``a`` (in place); returns (walking speed m/s,
+    extra yaw rate rad/s [T], lift [T] or None)."""
+    T = len(t)
+    yaw_rate = np.zeros(T)
+    if kind == "run":
+        speed = rng.uniform(2.5, 4.5)
+        phase = 2 * np.pi * rng.uniform(1.3, 1.6) * t + rng.uniform(0, 2 * np.pi)
+        for s, ph in (("l", phase), ("r", phase + np.pi)):
+            a[f"hip_flex_{s}"] += 0.25 + rng.uniform(0.55, 0.75) * np.sin(ph)
+            a[f"knee_{s}"] += 0.3 + 1.5 * np.maximum(np.cos(ph), 0) ** 1.2
+            a[f"shoulder_flex_{s}"] -= rng.uniform(0.6, 0.9) * np.sin(ph)
+            a[f"elbow_{s}"] += 1.3 + 0.2 * np.sin(ph)
+        a["bend"] += rng.uniform(0.12, 0.25)
+        a["twist"] += 0.15 * np.sin(phase)
+        return speed, yaw_rate, None
+    if kind == "jump":
+        h = rng.uniform(0.15, 0.5)
+        flight = 2 * np.sqrt(2 * h / _GRAVITY)
+        period = flight + rng.uniform(0.5, 1.2)
+        tau = (t + rng.uniform(0, period)) % period
+        t0 = 0.4  # take-off, seconds into each cycle
+        u = tau - t0
+        v0 = 0.5 * _GRAVITY * flight
+        lift = np.where((u > 0) & (u < flight), v0 * u - 0.5 * _GRAVITY * u * u, 0.0)
+        crouch = np.exp(-(((tau - (t0 - 0.15)) / 0.1) ** 2))
+        crouch += 0.7 * np.exp(-(((tau - (t0 + flight + 0.08)) / 0.08) ** 2))
+        reach = np.exp(-(((tau - (t0 + 0.15)) / 0.15) ** 2))
+        for s in ("l", "r"):
+            a[f"hip_flex_{s}"] += 1.1 * crouch
+            a[f"knee_{s}"] += 1.5 * crouch
+            a[f"shoulder_flex_{s}"] += -0.6 * crouch + 2.6 * reach
+            a[f"elbow_{s}"] += 0.3 * crouch
+        a["bend"] += 0.5 * crouch
+        return 0.0, yaw_rate, lift
+    if kind == "swing":
+        period = rng.uniform(1.2, 2.5)
+        dur = rng.uniform(0.25, 0.45)
+        tau = (t + rng.uniform(0, period)) % period
+        # back-swing slowly over the rest of the cycle, forward swing fast in ``dur``
+        fwd = _smoothstep(tau / dur)
+        back = _smoothstep((tau - dur) / (period - dur))
+        sweep = np.where(tau < dur, -1.0 + 2.0 * fwd, 1.0 - 2.0 * back)  # -1 .. +1
+        amp = rng.uniform(0.8, 1.2)
+        side = rng.choice([-1.0, 1.0])
+        a["twist"] += side * amp * sweep
+        for s, sign in (("l", 1.0), ("r", -1.0)):
+            a[f"shoulder_flex_{s}"] = 1.0 + 0.5 * (1.0 - sweep**2) + 0.05 * rng.standard_normal()
+            a[f"shoulder_abd_{s}"] = 0.2 + 1.2 * np.maximum(side * sign * sweep, 0.0)
+            a[f"elbow_{s}"] = np.full(T, rng.uniform(0.1, 0.4))
+        a["bend"] += rng.uniform(0.1, 0.4)
+        return 0.0, yaw_rate, None
+    if kind == "spin":
+        period = rng.uniform(1.2, 2.5)
+        dur = rng.uniform(0.4, 1.0)
+        tau = (t + rng.uniform(0, period)) % period
+        on = np.sin(np.pi * np.clip(tau / dur, 0.0, 1.0)) ** 2
+        yaw_rate += rng.choice([-1.0, 1.0]) * rng.uniform(5.0, 10.0) * on
+        for s in ("l", "r"):
+            a[f"shoulder_abd_{s}"] = rng.uniform(1.0, 1.6) + 0.3 * on
+            a[f"elbow_{s}"] = np.full(T, rng.uniform(0.1, 0.5))
+        return 0.0, yaw_rate, None
+    raise ValueError(f"unknown fast activity {kind!r}; known: {FAST_ACTIVITIES}")
+
+
 def sample_activities(rng: np.random.Generator) -> tuple[str, ...]:
     """Draws a compatible combination of activities (at least one)."""
     chosen = [a for a in ACTIVITIES if rng.random() < _ACTIVITY_PROB[a]]
@@ -328,9 +418,13 @@ def sample_motion(
     """
     if activities is None:
         activities = sample_activities(rng)
-    unknown = set(activities) - set(ACTIVITIES)
+    unknown = set(activities) - set(ACTIVITIES) - set(FAST_ACTIVITIES)
     if unknown:
-        raise ValueError(f"unknown activities {sorted(unknown)}; known: {ACTIVITIES}")
+        known = ACTIVITIES + FAST_ACTIVITIES
+        raise ValueError(f"unknown activities {sorted(unknown)}; known: {known}")
+    fast = [x for x in activities if x in FAST_ACTIVITIES]
+    if fast and len(activities) > 1:
+        raise ValueError(f"a fast activity {fast[0]!r} is a whole program; got {activities}")
     T = int(num_frames)
     t = np.arange(T) / fps
     sig = 0.4 * fps  # noise correlation time 0.4 s
@@ -360,6 +454,12 @@ def sample_motion(
 
     yaw_rate = noise(0.4)  # rad/s
     speed = 0.0
+    lift = None
+    if fast:
+        speed, extra_yaw, lift = _fast_motion(rng, fast[0], t, a)
+        yaw_rate += extra_yaw
+        if fast[0] == "run":
+            bounds = (bounds[0] * 1.5, bounds[1] * 1.5)
     if "walk" in activities:
         speed = rng.uniform(0.6, 1.6)
         phase = osc((0.0, 0.0)) + 2 * np.pi * (0.55 + 0.35 * speed) * t
@@ -439,7 +539,7 @@ def sample_motion(
         a[f"hip_abd_{s}"] = np.clip(a[f"hip_abd_{s}"], -0.2, 0.8)
         a[f"hip_flex_{s}"] = np.clip(a[f"hip_flex_{s}"], -0.6, 1.9)
     a["bend"] = np.clip(a["bend"], -0.2, 1.5)
-    return Motion(root=root, yaw=yaw, angles=a)
+    return Motion(root=root, yaw=yaw, angles=a, lift=lift)
 
 
 def static_motion(
@@ -496,7 +596,8 @@ def _bend_dir(u: np.ndarray, prefer: np.ndarray, fallback: np.ndarray) -> np.nda
 def pose_body(shape: BodyShape, motion: Motion) -> BodyPose:
     """Forward kinematics: a motion applied to a body, standing on the ground plane.
 
-    The pelvis height is set per frame so that the lowest point of the feet touches Y = 0.
+    The pelvis height is set per frame so that the lowest point of the feet touches Y = 0
+    (plus ``motion.lift`` in a jump's flight).
     """
     a = motion.angles
     T = motion.num_frames
@@ -577,7 +678,8 @@ def pose_body(shape: BodyShape, motion: Motion) -> BodyPose:
     foot_parts = [_P["foot_left"], _P["foot_right"]]
     r_foot = shape.radii[foot_parts].min()
     lowest = np.minimum(A[:, foot_parts, 1].min(1), B[:, foot_parts, 1].min(1)) - r_foot
-    offset = np.stack([motion.root[:, 0], -lowest, motion.root[:, 1]], axis=-1)[:, None]
+    height = -lowest if motion.lift is None else motion.lift - lowest
+    offset = np.stack([motion.root[:, 0], height, motion.root[:, 1]], axis=-1)[:, None]
     return BodyPose(
         joints=joints + offset,
         part_a=A + offset,

@@ -68,8 +68,8 @@ class VideoRecord:
     """What a worker returns for one video (T frames, P people); images are already on disk.
 
     keypoints: float64 [T, P, 17, 2]; visible: bool [T, P, 17]; bbox, head_bbox: [T, P, 4];
-    area: int [T, P]; joints_world, joints_camera: float64 [T, P, 17, 3]; K: [3, 3];
-    extrinsics: [T, 3, 4].
+    area: int [T, P]; joints_world, joints_camera: float64 [T, P, 17, 3]; K: [T, 3, 3];
+    extrinsics: [T, 3, 4]; conditions: the ``cond_*`` arrays of ``load_sidecar``.
     """
 
     split: str
@@ -85,6 +85,7 @@ class VideoRecord:
     joints_camera: np.ndarray
     K: np.ndarray
     extrinsics: np.ndarray
+    conditions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def video_rng(cfg: SyntheticConfig, split: str, index: int) -> np.random.Generator:
@@ -107,9 +108,13 @@ def render_video(cfg: SyntheticConfig, split: str, index: int, root: str) -> Vid
     bbox = np.zeros((T, P, 4))
     head = np.zeros((T, P, 4))
     area = np.zeros((T, P), np.int64)
+    occlusion = np.zeros((T, P, NUM_JOINTS), np.int8)
+    blur_px = np.zeros((T, P, NUM_JOINTS), np.float32)
+    subframes = np.ones(T, np.int32)
     paths = []
     for f in range(T):
         r = render_frame(scene, f, noise_rng)
+        occlusion[f], blur_px[f], subframes[f] = r.occlusion, r.blur_px, r.subframes
         path = os.path.join(image_dir, f"{f:06d}.jpg")
         ok, buf = cv2.imencode(".jpg", r.image, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
         if not ok:
@@ -118,10 +123,39 @@ def render_video(cfg: SyntheticConfig, split: str, index: int, root: str) -> Vid
         paths.append(path)
         kp[f], vis[f], area[f] = r.keypoints, r.visible, r.area
         bbox[f], head[f] = r.bbox, r.head_bbox
+    conditions = {
+        "cond_speed": joint_speed(kp, head).astype(np.float32),
+        "cond_occlusion": occlusion,
+        "cond_blurred": scene.exposure > 0,
+        "cond_exposure": scene.exposure.astype(np.float32),
+        "cond_subframes": subframes,
+        "cond_blur_px": blur_px,
+        "cond_defocus": scene.defocus.astype(np.float32),
+        "cond_zoom": (np.ones(T) if scene.zoom is None else scene.zoom).astype(np.float32),
+        "cond_source_quality": np.array(scene.source_quality),
+        "cond_roles": np.array(scene.roles),
+        "cond_activities": np.array(scene.activities),
+        "cond_camera_moves": np.array(scene.camera_moves, dtype=str),
+    }
+    K = np.stack([scene.intrinsics(f) for f in range(T)])
     return VideoRecord(
         split, index, name, paths, kp, vis, bbox, head, area,
-        scene.joints_world(), scene.joints_camera(), scene.K, scene.extrinsics,
+        scene.joints_world(), scene.joints_camera(), K, scene.extrinsics, conditions,
     )  # fmt: skip
+
+
+def joint_speed(keypoints: np.ndarray, head_bbox: np.ndarray) -> np.ndarray:
+    """float64 [T, P, 17]: each joint's image speed in head sizes per frame.
+
+    The speed is the central difference of ``keypoints`` [T, P, 17, 2] (one-sided at the
+    first and last frame; 0 for a one-frame video) over poseval's head size of that person in
+    that frame, ``0.6 * ||(w, h)||`` of ``head_bbox`` [T, P, 4] (NaN where either is missing).
+    """
+    T = keypoints.shape[0]
+    vel = np.gradient(keypoints, axis=0) if T > 1 else np.zeros_like(keypoints)
+    head = 0.6 * np.hypot(head_bbox[..., 2], head_bbox[..., 3])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.linalg.norm(vel, axis=-1) / np.where(head > 0, head, np.nan)[..., None]
 
 
 def annotated(record: VideoRecord) -> np.ndarray:
@@ -176,12 +210,14 @@ def _save_sidecar(record: VideoRecord, cfg: SyntheticConfig, ann_dir: str) -> No
         joints_2d=record.keypoints,
         visible=record.visible,
         annotated=annotated(record),
-        intrinsics=record.K,
+        intrinsics=record.K[0],
+        intrinsics_per_frame=record.K,
         extrinsics=record.extrinsics,
         track_ids=np.arange(P),
         image_ids=np.array([image_id(record.split, record.index, f) for f in range(T)]),
         image_size=np.array([cfg.width, cfg.height]),
         fps=np.array(cfg.fps),
+        **record.conditions,
     )
 
 
@@ -191,14 +227,31 @@ def load_sidecar(root: str, split: str, video: str) -> dict[str, np.ndarray]:
     Keys: joints_world, joints_camera float64 [T, P, 17, 3] (metres; world Y up, ground Y = 0;
     camera x right, y down, z forward); joints_2d float64 [T, P, 17, 2] pixels of every joint
     (ears and hidden ones too); visible bool [T, P, 17]; annotated bool [T, P] (person written
-    to the JSON); intrinsics [3, 3]; extrinsics [T, 3, 4] world -> camera [R | t]; track_ids
+    to the JSON); intrinsics [3, 3] of the first frame, intrinsics_per_frame [T, 3, 3] (they
+    differ when the camera zooms); extrinsics [T, 3, 4] world -> camera [R | t]; track_ids
     [P]; image_ids [T]; image_size (width, height); fps.
+
+    The conditions each frame and joint was rendered under (``SyntheticConfig``'s hard
+    conditions; ``eval.conditions`` breaks scores down by them):
+
+      cond_speed float32 [T, P, 17]: image speed in head sizes per frame (``joint_speed``).
+      cond_occlusion int8 [T, P, 17]: what hides the joint, ``scene.OCCLUSION_CODES`` (0
+        visible, 1 own body, 2 another person, 3 an object, 4 out of view).
+      cond_blurred bool [T]: a long-exposure frame; cond_exposure float32 [T] its exposure in
+        frame intervals (0: sharp); cond_subframes int [T] renders averaged;
+        cond_blur_px float32 [T, P, 17] each joint's image path over the exposure.
+      cond_defocus float32 [T]: defocus disk radius in pixels (0: in focus).
+      cond_zoom float32 [T]: focal length factor; cond_camera_moves [k] str: "pan", "zoom",
+        "shake" when the video has them.
+      cond_source_quality: quality of the low-bitrate encode (0: none).
+      cond_roles [P] str: "group" or "passerby"; cond_activities [P] str: the person's fast
+        activity or "".
     """
     path = os.path.join(root, "annotations", split, f"{video}_3d.npz")
     if not storage.isfile(path):
         raise FileNotFoundError(f"3D sidecar not found: {path}")
     source = io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else path
-    with np.load(source) as data:
+    with np.load(source, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
 
 

@@ -5,13 +5,22 @@ Coordinates: world metres (Y up, ground Y = 0); pixels with centres at integers,
 down. Visibility follows what is drawn: a joint is visible when it projects inside the image
 and the front-most surface at its pixel is one of that person's parts touching the joint
 (``body.JOINT_PARTS``) with the joint no deeper than that part's thickness behind it, so joints
-hidden by other people, occluders or the person's own body are marked invisible.
+hidden by other people, occluders or the person's own body are marked invisible, and
+``FrameResult.occlusion`` says by what (``OCCLUSION_CODES``).
+
+Long-exposure frames are integrated over their exposure: the scene (people, occluders, camera
+path, zoom) is interpolated linearly between frames, rendered at 3..``blur_subframes`` times
+spread evenly over the exposure centred on the frame's time, and the renders are averaged
+(``exposure_scene``); the labels are those of the centre time, the frame's own.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
+from typing import Any
 
+import cv2
 import numpy as np
 
 from posewarper_jax.data.synthetic import body as body_lib
@@ -20,16 +29,34 @@ from posewarper_jax.data.synthetic.config import SyntheticConfig
 from posewarper_jax.data.types import NUM_JOINTS
 
 _MEAN_HEIGHT = 1.75  # metres; used to size the camera's focal length
+_SUBFRAME_STEP_PX = 2.0  # largest image motion between two sub-frame renders wanted
+
+# What hides a joint (``FrameResult.occlusion``).
+VISIBLE, SELF_OCCLUDED, PERSON_OCCLUDED, OBJECT_OCCLUDED, OUT_OF_VIEW = range(5)
+OCCLUSION_CODES: dict[int, str] = {
+    VISIBLE: "visible",
+    SELF_OCCLUDED: "self",  # the person's own body (or the joint's pixel misses its parts)
+    PERSON_OCCLUDED: "person",  # another person in front
+    OBJECT_OCCLUDED: "object",  # an occluder in front
+    OUT_OF_VIEW: "out_of_view",  # outside the image or behind the camera
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Scene:
     """Everything needed to render T frames.
 
-    K: float64 [3, 3]; extrinsics: float64 [T, 3, 4] world -> camera [R | t].
-    motion_blur: float64 [T, 2] (length in pixels, angle in radians); length 0 = sharp.
+    K: float64 [3, 3] (before zoom); extrinsics: float64 [T, 3, 4] world -> camera [R | t].
+    zoom: float64 [T] focal length factor of each frame (None: 1).
+    exposure: float64 [T] exposure time in frame intervals (0: instantaneous, sharp).
+    exposure_spin: float64 [T, 3] camera rotation (rotation vector, camera axes) per frame
+      interval during the exposure, on top of the interpolated path (hand-held turn).
+    max_subframes: the most renders a long exposure is integrated from (odd).
     defocus: float64 [T] disk radius in pixels; 0 = in focus.
     gains: float32 [3] per-channel colour gains; noise_std: sensor noise std (0..255 scale).
+    source_quality: JPEG quality of the low-bitrate encode the frames went through (0: none).
+    roles: per person "group" or "passerby"; activities: per person the fast activity or "".
+    camera_moves: which strong camera moves the video has ("pan", "zoom", "shake").
     """
 
     width: int
@@ -42,11 +69,18 @@ class Scene:
     occluders: tuple[render.Occluder, ...] = ()
     light: render.Light = render.DEFAULT_LIGHT
     shadow_strength: float = 0.35
-    motion_blur: np.ndarray | None = None
     defocus: np.ndarray | None = None
     gains: np.ndarray | None = None
     noise_std: float = 0.0
     flat_color: tuple[float, float, float] = (128.0, 128.0, 128.0)  # when backdrop is None
+    zoom: np.ndarray | None = None
+    exposure: np.ndarray | None = None
+    exposure_spin: np.ndarray | None = None
+    max_subframes: int = 3
+    source_quality: int = 0
+    roles: tuple[str, ...] = ()
+    activities: tuple[str, ...] = ()
+    camera_moves: tuple[str, ...] = ()
 
     @property
     def num_frames(self) -> int:
@@ -56,9 +90,28 @@ class Scene:
     def num_people(self) -> int:
         return len(self.poses)
 
+    def intrinsics(self, frame: int) -> np.ndarray:
+        """[3, 3] K of ``frame`` (zoom applied)."""
+        if self.zoom is None:
+            return self.K
+        K = self.K.copy()
+        K[0, 0] *= self.zoom[frame]
+        K[1, 1] *= self.zoom[frame]
+        return K
+
     def camera(self, frame: int) -> render.Camera:
         E = self.extrinsics[frame]
-        return render.Camera(self.K, E[:, :3], E[:, 3])
+        return render.Camera(self.intrinsics(frame), E[:, :3], E[:, 3])
+
+    def project_joints(self) -> np.ndarray:
+        """float64 [T, P, 17, 2] pixel positions of every joint (NaN behind the camera)."""
+        cam = self.joints_camera()
+        front = cam[..., 2] > render.NEAR
+        uv = np.stack(
+            [render.project_camera(self.intrinsics(f), np.where(front[f, ..., None], cam[f], 1.0))
+             for f in range(self.num_frames)]
+        )  # fmt: skip
+        return np.where(front[..., None], uv, np.nan)
 
     def joints_world(self) -> np.ndarray:
         """float64 [T, P, 17, 3]."""
@@ -75,10 +128,13 @@ class Scene:
 class FrameResult:
     """One rendered frame and its labels (P people).
 
-    image: uint8 [H, W, 3] BGR, after blur, noise and colour gains.
-    canvas: the clean render (colour, depth, ids) before those effects.
+    image: uint8 [H, W, 3] BGR, after exposure, defocus, noise, colour gains, compression.
+    canvas: the clean render (colour, depth, ids) at the frame's time, before those effects.
     keypoints: float64 [P, 17, 2] projected joints (all joints, visible or not).
     visible: bool [P, 17].
+    occlusion: int8 [P, 17] what hides each joint (``OCCLUSION_CODES``; 0 = visible).
+    subframes: renders the image was integrated from (1 = instantaneous).
+    blur_px: float64 [P, 17] each joint's image path length over the exposure (0 if sharp).
     bbox: float64 [P, 4] (x, y, w, h): the body's projected extent clipped to the image
       (zero size when the person is out of view).
     head_bbox: float64 [P, 4] the head's projected extent (not clipped).
@@ -92,6 +148,9 @@ class FrameResult:
     bbox: np.ndarray
     head_bbox: np.ndarray
     area: np.ndarray
+    occlusion: np.ndarray | None = None
+    subframes: int = 1
+    blur_px: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -135,21 +194,63 @@ def _place_people(rng: np.random.Generator, n: int) -> list[tuple[float, float, 
     return out
 
 
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def _once(rng: np.random.Generator, T: int, fps: float, dur: tuple[float, float]) -> np.ndarray:
+    """[T] a smooth 0 -> 1 transition of ``dur`` seconds starting at a random time."""
+    d = rng.uniform(*dur) * fps
+    t0 = rng.uniform(-0.3 * d, max(T - 0.7 * d, 1.0))
+    return _smoothstep((np.arange(T) - t0) / d)
+
+
+def _passerby(
+    rng: np.random.Generator, T: int, fps: float, eyes: np.ndarray, centre: np.ndarray
+) -> tuple[body_lib.BodyShape, body_lib.BodyPose]:
+    """Someone walking (or jogging) across between the camera and the group, crossing the
+    line of sight to the group's centre at a random time."""
+    shape = body_lib.sample_body(rng)
+    direction = rng.choice([-1.0, 1.0])
+    z = float(rng.uniform(1.0, max(1.0, min(2.5, eyes[:, 2].min() - 2.0))))
+    motion = body_lib.sample_motion(
+        rng, T, fps, (0.0, z), direction * np.pi / 2, activities=("walk",), bounds=(1e9, 1e9)
+    )
+    if rng.random() < 0.3:  # jogging: the same gait, twice as fast over the ground
+        root = motion.root.copy()
+        root[1:] = root[0] + 2.0 * (root[1:] - root[0])
+        motion = dataclasses.replace(motion, root=root)
+    i = int(rng.integers(int(0.2 * T), max(int(0.8 * T), int(0.2 * T) + 1)))
+    e, c = eyes[i], centre[i]
+    x_cross = e[0] + (c[0] - e[0]) * (e[2] - z) / (e[2] - c[2]) + rng.uniform(-0.3, 0.3)
+    root = motion.root.copy()
+    root[:, 0] += x_cross - root[i, 0]
+    root[:, 1] += z - root[i, 1]
+    motion = dataclasses.replace(motion, root=root)
+    return shape, body_lib.pose_body(shape, motion)
+
+
 def sample_scene(rng: np.random.Generator, cfg: SyntheticConfig, num_frames: int) -> Scene:
-    """Draws a random video scene: 1..3 moving people, a following, panning, dollying camera,
-    a textured backdrop, maybe occluders, blur/defocus bursts, colour gains and noise."""
+    """Draws a random video scene: 1..3 moving people (some in sports-like fast motion), maybe
+    a passer-by, a following, panning, dollying, maybe zooming and shaking camera, a textured
+    backdrop, maybe occluders, long-exposure and defocus bursts, colour gains, noise and maybe
+    a low-bitrate encode (``SyntheticConfig``'s rates)."""
     T = int(num_frames)
     fps = cfg.fps
     W, H = cfg.width, cfg.height
     n_people = int(rng.integers(cfg.min_people, cfg.max_people + 1))
-    shapes, poses = [], []
+    shapes, poses, roles, activities = [], [], [], []
     for x, z, yaw in _place_people(rng, n_people):
         shape = body_lib.sample_body(rng)
-        motion = body_lib.sample_motion(rng, T, fps, (x, z), yaw)
+        acts = body_lib.sample_fast_activity(rng) if rng.random() < cfg.fast_motion_rate else None
+        motion = body_lib.sample_motion(rng, T, fps, (x, z), yaw, activities=acts)
         shapes.append(shape)
         poses.append(body_lib.pose_body(shape, motion))
+        roles.append("group")
+        activities.append(acts[0] if acts else "")
 
-    # Camera: stands in front of the group, follows its centre, pans, dollies and shakes.
+    # Camera: stands in front of the group, follows its centre, pans, dollies and sways.
     pelvis = np.stack([p.part_a[:, 0] for p in poses], 1)  # [T, P, 3]
     centre = _smooth(pelvis.mean(1), sigma=1.0 * fps)
     dist = rng.uniform(6.0, 10.0)
@@ -169,12 +270,37 @@ def sample_scene(rng: np.random.Generator, cfg: SyntheticConfig, num_frames: int
     targets = centre.copy()
     targets[:, 1] = rng.uniform(0.75, 1.1)
     targets += pan[:, None] * side0 + shake
+    moves = []
+    if rng.random() < cfg.pan_rate:  # a quick pan, half of the time back again
+        turn = rng.choice([-1.0, 1.0]) * rng.uniform(0.1, 0.3) * _once(rng, T, fps, (0.4, 1.2))
+        if rng.random() < 0.5:
+            turn = turn * (1.0 - _once(rng, T, fps, (0.4, 1.2)))
+        targets += dist * np.tan(turn)[:, None] * side0
+        moves.append("pan")
+    zoom = None
+    if rng.random() < cfg.zoom_rate:
+        factor = np.exp(rng.uniform(np.log(0.7), np.log(1.6)))
+        zoom = 1.0 + (factor - 1.0) * _once(rng, T, fps, (0.5, 2.0))
+        moves.append("zoom")
+    if rng.random() < cfg.shake_rate:  # hand-held: fast small turns of the camera
+        deg = rng.uniform(0.2, 0.6)
+        jitter = np.stack([body_lib.smooth_noise(rng, T, 0.1 * fps) for _ in range(2)], -1)
+        jitter *= dist * np.tan(np.deg2rad(deg))
+        targets += jitter[:, :1] * side0 + jitter[:, 1:] * np.array([0.0, 1.0, 0.0])
+        moves.append("shake")
     ext = np.zeros((T, 3, 4))
     for i in range(T):
         R, tt = render.look_at(eyes[i], targets[i])
         ext[i, :, :3], ext[i, :, 3] = R, tt
     focal = rng.uniform(*cfg.person_height_frac) * H * dist / _MEAN_HEIGHT
     K = render.intrinsics(focal, W, H)
+
+    if rng.random() < cfg.passerby_rate:
+        shape, pose = _passerby(rng, T, fps, eyes, centre)
+        shapes.append(shape)
+        poses.append(pose)
+        roles.append("passerby")
+        activities.append("")
 
     backdrop = render.sample_backdrop(rng, wall_z=-float(rng.uniform(4.5, 12.0)))
 
@@ -190,29 +316,114 @@ def sample_scene(rng: np.random.Generator, cfg: SyntheticConfig, num_frames: int
         specular=float(rng.uniform(0.0, 0.2)),
     )
 
-    # Degradations: motion blur along the people's image motion, defocus; in short bursts.
-    scene = Scene(W, H, tuple(shapes), tuple(poses), K, ext, backdrop, tuple(occluders), light)
-    uv = np.stack([render.project_camera(K, c) for c in scene.joints_camera()])  # [T, P, 17, 2]
-    vel = np.gradient(uv, axis=0).reshape(T, -1, 2).mean(1) if T > 1 else np.zeros((T, 2))
-    speed = np.linalg.norm(vel, axis=-1)
-    blur = np.zeros((T, 2))
-    mb = _episodes(rng, T, cfg.motion_blur_rate)
-    exposure = rng.uniform(0.8, 2.0)
-    for i in np.flatnonzero(mb):
-        if speed[i] > 1.0:
-            length, angle = speed[i] * exposure, np.arctan2(vel[i, 1], vel[i, 0])
-        else:  # camera shake
-            length, angle = rng.uniform(3.0, 6.0) * H / 240, rng.uniform(0, np.pi)
-        blur[i] = (float(np.clip(length, 3.0 * H / 240, 0.08 * H)), angle)
+    # Long exposures (with a slight hand-held turn) and defocus, in short bursts.
+    exposure = np.where(_episodes(rng, T, cfg.motion_blur_rate), rng.uniform(0.5, 1.0), 0.0)
+    axis = rng.normal(size=(T, 2))
+    axis /= np.maximum(np.linalg.norm(axis, axis=-1, keepdims=True), 1e-9)
+    spin = np.zeros((T, 3))
+    spin[:, :2] = axis * np.deg2rad(rng.uniform(0.05, 0.3, (T, 1)))
+    spin[exposure == 0] = 0.0
     defocus = np.where(_episodes(rng, T, cfg.defocus_rate), rng.uniform(1.0, 3.0, T) * H / 240, 0)
-    return dataclasses.replace(
-        scene,
-        motion_blur=blur,
+    source_quality = 0
+    if rng.random() < cfg.compression_rate:
+        source_quality = int(rng.integers(cfg.compression_quality[0],
+                                          cfg.compression_quality[1] + 1))  # fmt: skip
+    return Scene(
+        W, H, tuple(shapes), tuple(poses), K, ext, backdrop, tuple(occluders), light,
+        shadow_strength=float(rng.uniform(0.2, 0.5)),
         defocus=defocus,
         gains=rng.uniform(0.85, 1.15, 3).astype(np.float32),
         noise_std=float(rng.uniform(*cfg.noise_std)),
-        shadow_strength=float(rng.uniform(0.2, 0.5)),
+        zoom=zoom,
+        exposure=exposure,
+        exposure_spin=spin,
+        max_subframes=int(cfg.blur_subframes),
+        source_quality=source_quality,
+        roles=tuple(roles),
+        activities=tuple(activities),
+        camera_moves=tuple(moves),
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- exposure
+
+
+def _rotvec(v: np.ndarray) -> np.ndarray:
+    """Rotation matrix [3, 3] of a rotation vector [3] (Rodrigues)."""
+    theta = float(np.linalg.norm(v))
+    if theta < 1e-12:
+        return np.eye(3)
+    k = v / theta
+    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(theta) * Kx + (1 - np.cos(theta)) * Kx @ Kx
+
+
+def _orthonormal(R: np.ndarray) -> np.ndarray:
+    u, _, vt = np.linalg.svd(R)
+    return u @ vt
+
+
+def _lerp(x: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """``x`` [T, ...] at fractional frame ``times`` [n]: linear between frames, extended
+    linearly past the ends."""
+    T = x.shape[0]
+    if T == 1:
+        return np.repeat(x, len(times), 0)
+    i = np.clip(np.floor(times).astype(int), 0, T - 2)
+    w = (times - i).reshape((-1,) + (1,) * (x.ndim - 1))
+    return (1 - w) * x[i] + w * x[i + 1]
+
+
+def exposure_scene(scene: Scene, frame: int, times: np.ndarray) -> Scene:
+    """``scene`` at the fractional frame ``times`` [n] (e.g. sub-frames of ``frame``'s
+    exposure): a Scene of n frames with people, occluders, camera and zoom interpolated, and
+    the camera turned by ``exposure_spin[frame]`` times the offset from ``frame``."""
+    times = np.asarray(times, np.float64)
+    poses = tuple(
+        body_lib.BodyPose(
+            joints=_lerp(p.joints, times),
+            part_a=_lerp(p.part_a, times),
+            part_b=_lerp(p.part_b, times),
+            torso_frame=np.stack([_orthonormal(R) for R in _lerp(p.torso_frame, times)]),
+            head_frame=np.stack([_orthonormal(R) for R in _lerp(p.head_frame, times)]),
+        )  # fmt: skip
+        for p in scene.poses
     )
+    R_all, t_all = scene.extrinsics[:, :, :3], scene.extrinsics[:, :, 3]
+    centres = -np.einsum("tji,tj->ti", R_all, t_all)  # camera positions
+    ext = np.zeros((len(times), 3, 4))
+    spin = np.zeros(3) if scene.exposure_spin is None else scene.exposure_spin[frame]
+    for k, (R, c) in enumerate(zip(_lerp(R_all, times), _lerp(centres, times))):
+        R = _rotvec(spin * (times[k] - frame)) @ _orthonormal(R)
+        ext[k, :, :3], ext[k, :, 3] = R, -R @ c
+    occluders = tuple(dataclasses.replace(o, x=_lerp(o.x, times)) for o in scene.occluders)
+    zoom = None if scene.zoom is None else _lerp(scene.zoom, times)
+    return dataclasses.replace(
+        scene, poses=poses, extrinsics=ext, occluders=occluders, zoom=zoom, exposure=None,
+        exposure_spin=None, defocus=None,
+    )  # fmt: skip
+
+
+def exposure_times(scene: Scene, frame: int) -> np.ndarray:
+    """The sub-frame times ``frame``'s image integrates: [frame] when sharp, else an odd
+    number (3..``max_subframes``) of times evenly over the exposure, centred on ``frame``,
+    about ``_SUBFRAME_STEP_PX`` of image motion apart."""
+    e = 0.0 if scene.exposure is None else float(scene.exposure[frame])
+    if e <= 0:
+        return np.array([float(frame)])
+    ends = exposure_scene(scene, frame, np.array([frame - e / 2, frame + e / 2]))
+    path = _exposure_paths(ends)
+    longest = float(np.nanmax(path, initial=0.0))
+    n = 2 * int(np.ceil(longest / (2 * _SUBFRAME_STEP_PX))) + 1
+    n = int(np.clip(n, 3, scene.max_subframes))
+    return frame + e * (np.arange(n) / (n - 1) - 0.5)
+
+
+def _exposure_paths(ends: Scene) -> np.ndarray:
+    """[P, 17] image distance between each joint at the two frames of ``ends`` (the
+    exposure's start and end; camera motion included)."""
+    uv = ends.project_joints()  # [2, P, 17, 2]
+    return np.linalg.norm(uv[1] - uv[0], axis=-1)
 
 
 def _sample_occluder(
@@ -262,6 +473,18 @@ def joint_visibility(
       uv: float64 [P, 17, 2] pixel positions (NaN for joints behind the camera).
       visible: bool [P, 17].
     """
+    uv, visible, _ = joint_occlusion(canvas, camera, joints, shapes)
+    return uv, visible
+
+
+def joint_occlusion(
+    canvas: render.Canvas,
+    camera: render.Camera,
+    joints: np.ndarray,
+    shapes: tuple[body_lib.BodyShape, ...] | list[body_lib.BodyShape],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``joint_visibility``'s (uv, visible) and what hides each joint: int8 [P, 17]
+    ``OCCLUSION_CODES`` (read from the id buffer at the joint's pixel)."""
     H, W = canvas.shape
     P = joints.shape[0]
     cam = camera.to_camera(joints)
@@ -269,6 +492,8 @@ def joint_visibility(
     uv = np.where(front[..., None], render.project_camera(camera.K, np.where(
         front[..., None], cam, 1.0)), np.nan)  # fmt: skip
     visible = np.zeros((P, NUM_JOINTS), bool)
+    code = np.full((P, NUM_JOINTS), OUT_OF_VIEW, np.int8)
+    first = render.person_part_id(0, 0)
     for p in range(P):
         for j in range(NUM_JOINTS):
             if not front[p, j]:
@@ -276,12 +501,21 @@ def joint_visibility(
             iu, iv = int(np.floor(uv[p, j, 0] + 0.5)), int(np.floor(uv[p, j, 1] + 0.5))
             if not (0 <= iu < W and 0 <= iv < H):
                 continue
+            pid = int(canvas.ids[iv, iu])
             parts = body_lib.JOINT_PARTS[j]
-            if canvas.ids[iv, iu] not in {render.person_part_id(p, k) for k in parts}:
+            if pid >= render.OCCLUDER_ID_BASE:
+                code[p, j] = OBJECT_OCCLUDED
+            elif pid >= first and (pid - first) // body_lib.NUM_PARTS != p:
+                code[p, j] = PERSON_OCCLUDED
+            else:
+                code[p, j] = SELF_OCCLUDED
+            if pid not in {render.person_part_id(p, k) for k in parts}:
                 continue
             tol = float(shapes[p].radii[list(parts)].max()) + 0.02
             visible[p, j] = cam[p, j, 2] - canvas.depth[iv, iu] <= tol
-    return uv, visible
+            if visible[p, j]:
+                code[p, j] = VISIBLE
+    return uv, visible, code
 
 
 def _extent(K: np.ndarray, a: np.ndarray, b: np.ndarray, ra: np.ndarray, rb: np.ndarray):
@@ -303,10 +537,45 @@ def render_frame(
 ) -> FrameResult:
     """Renders frame ``frame`` of ``scene`` with its labels.
 
-    ``effects=False`` skips colour gains, blur and noise (the image is then the clean render).
+    With ``effects`` a long-exposure frame is the mean of its sub-frame renders
+    (``exposure_times``; labels from the frame's own time), then colour gains, defocus, noise
+    and the low-bitrate encode follow. ``effects=False`` gives the instantaneous clean render.
     """
+    result = _render_instant(scene, frame)
+    times = exposure_times(scene, frame) if effects else np.array([float(frame)])
+    image = result.canvas.color
+    if len(times) > 1:
+        sub = exposure_scene(scene, frame, times)
+        centre = len(times) // 2  # the frame's own time: its render is ``result``
+        acc = np.zeros_like(image, np.float64)
+        for k in range(len(times)):
+            acc += image if k == centre else _render_instant(sub, k, labels=False).canvas.color
+        image = (acc / len(times)).astype(np.float32)
+        ends = exposure_scene(scene, frame, times[[0, -1]])
+        result.blur_px = _exposure_paths(ends)
+    result.subframes = len(times)
+    if effects:
+        image = image * (scene.gains if scene.gains is not None else 1.0)
+        if scene.defocus is not None and scene.defocus[frame] > 0:
+            image = render.defocus_blur(image, float(scene.defocus[frame]))
+        if scene.noise_std > 0 and noise_rng is not None:
+            image = image + noise_rng.normal(0.0, scene.noise_std, image.shape).astype(np.float32)
+    image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    if effects and scene.source_quality > 0:
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, scene.source_quality])
+        if not ok:
+            raise OSError("JPEG encoding failed")
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    result.image = image
+    return result
+
+
+def _render_instant(scene: Scene, frame: int, labels: bool = True) -> FrameResult | Any:
+    """The instantaneous render of ``frame`` and its labels (``image`` is left None); only
+    the canvas (``result.canvas``) without ``labels``."""
     W, H = scene.width, scene.height
     camera = scene.camera(frame)
+    K = camera.K
     if scene.backdrop is None:
         background = np.empty((H, W, 3), np.float32)
         background[...] = scene.flat_color
@@ -335,15 +604,17 @@ def render_frame(
     for _, kind, args in items:
         if kind == 0:
             a, b, ra, rb, surf, pid = args
-            render.draw_capsule(canvas, scene.K, a, b, ra, rb, surf, pid, scene.light)
+            render.draw_capsule(canvas, K, a, b, ra, rb, surf, pid, scene.light)
         else:
             occ, pid = args
             render.draw_box(canvas, camera, occ, frame, pid, scene.light)
     for shape, pose in zip(scene.shapes, scene.poses):
-        render.draw_eyes(canvas, scene.K, shape, pose, frame, camera)
+        render.draw_eyes(canvas, K, shape, pose, frame, camera)
 
+    if not labels:
+        return SimpleNamespace(canvas=canvas)
     joints = np.stack([pose.joints[frame] for pose in scene.poses])
-    uv, visible = joint_visibility(canvas, camera, joints, scene.shapes)
+    uv, visible, occlusion = joint_occlusion(canvas, camera, joints, scene.shapes)
 
     P = scene.num_people
     bbox = np.zeros((P, 4))
@@ -357,26 +628,18 @@ def render_frame(
         area[p] = counts[p]
         a = camera.to_camera(pose.part_a[frame])
         b = camera.to_camera(pose.part_b[frame])
-        ext = _extent(scene.K, a, b, shape.radii[:, 0], shape.radii[:, 1])
+        ext = _extent(K, a, b, shape.radii[:, 0], shape.radii[:, 1])
         if ext is not None:
             x0, y0 = max(ext[0], -0.5), max(ext[1], -0.5)
             x1, y1 = min(ext[2], W - 0.5), min(ext[3], H - 0.5)
             if x1 > x0 and y1 > y0:
                 bbox[p] = (x0, y0, x1 - x0, y1 - y0)
         hp = body_lib.HEAD_PART
-        ext = _extent(scene.K, a[hp : hp + 1], b[hp : hp + 1], shape.radii[hp : hp + 1, 0],
+        ext = _extent(K, a[hp : hp + 1], b[hp : hp + 1], shape.radii[hp : hp + 1, 0],
                       shape.radii[hp : hp + 1, 1])  # fmt: skip
         if ext is not None:
             head[p] = (ext[0], ext[1], ext[2] - ext[0], ext[3] - ext[1])
 
-    image = canvas.color
-    if effects:
-        image = image * (scene.gains if scene.gains is not None else 1.0)
-        if scene.motion_blur is not None and scene.motion_blur[frame, 0] > 0:
-            image = render.motion_blur(image, *scene.motion_blur[frame])
-        if scene.defocus is not None and scene.defocus[frame] > 0:
-            image = render.defocus_blur(image, float(scene.defocus[frame]))
-        if scene.noise_std > 0 and noise_rng is not None:
-            image = image + noise_rng.normal(0.0, scene.noise_std, image.shape).astype(np.float32)
-    image = np.clip(np.round(image), 0, 255).astype(np.uint8)
-    return FrameResult(image, canvas, uv, visible, bbox, head, area)
+    return FrameResult(
+        None, canvas, uv, visible, bbox, head, area, occlusion, 1, np.zeros(visible.shape)
+    )
