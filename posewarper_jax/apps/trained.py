@@ -58,14 +58,15 @@ class TrainedModel:
 
 def read_config(workdir: str) -> mlc.ConfigDict:
     """``workdir/config.json`` as a ``ConfigDict``."""
-    if not os.path.isdir(workdir):
+    from posewarper_jax import storage
+
+    if not storage.isdir(workdir):
         raise CheckpointError(f"{workdir}: no such workdir (the main job's --workdir)")
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = storage.join(workdir, "config.json")
+    if not storage.isfile(path):
         raise CheckpointError(f"{workdir}: not a workdir of the main job (no config.json)")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(storage.read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
@@ -111,14 +112,16 @@ def load_trained(workdir: str, stage: str = "stage2") -> TrainedModel:
         stage_cfg = config[stage]
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{config_path}: not a config of this project ({e})") from None
-    stage_dir = os.path.join(workdir, stage)
-    if not os.path.exists(os.path.join(stage_dir, "done.json")):
+    from posewarper_jax import storage
+
+    stage_dir = storage.join(workdir, stage)
+    if not storage.exists(storage.join(stage_dir, "done.json")):
         raise CheckpointError(
             f"{stage_dir}: the stage did not finish (no done.json); run the main job with "
             "this workdir to the end of the stage first"
         )
     state = _abstract_state(model, image_size, seed, stage_cfg, STAGES[stage])
-    ckpt_dir = os.path.join(stage_dir, "checkpoints")
+    ckpt_dir = storage.join(stage_dir, "checkpoints")
     try:
         restored = training.restore_state(ckpt_dir, state)
     except FileNotFoundError:
@@ -129,4 +132,4 @@ def load_trained(workdir: str, stage: str = "stage2") -> TrainedModel:
             f"{ckpt_dir}: does not match the model of {config_path} ({type(e).__name__}: {detail})"
         ) from None
     variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
-    return TrainedModel(os.path.abspath(workdir), stage, config, model, variables)
+    return TrainedModel(storage.abspath(workdir), stage, config, model, variables)
