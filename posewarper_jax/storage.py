@@ -91,13 +91,9 @@ def guard(path: Any) -> Iterator[None]:
         return
     try:
         yield
-    except _PLAIN_ERRORS:
+    except (*_PLAIN_ERRORS, cli.ExpectedError):
         raise
-    except StorageError:
-        raise
-    except cli.ExpectedError:
-        raise
-    except (ImportError, Exception) as err:  # noqa: BLE001 (every backend's own errors)
+    except Exception as err:  # noqa: BLE001 (every backend has its own errors)
         raise StorageError(f"{text}: {_advice(text, err)}") from err
 
 
