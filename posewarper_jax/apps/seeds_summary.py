@@ -267,7 +267,7 @@ def render_summary(summary: Mapping[str, Any]) -> str:
     rows = summary["rows"]
     n = len(seeds)
     out = [
-        f"# PoseWarper from sparse labels: {n} draws of the data",
+        f"# PoseWarper from sparse labels: {n} draw{'s' if n != 1 else ''} of the data",
         "",
         f"Every draw is the whole experiment on another draw of the synthetic videos "
         f"(`data.synthetic_seed` = {', '.join(str(s) for s in seeds)}), everything else the "
