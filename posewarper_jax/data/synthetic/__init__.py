@@ -2,15 +2,19 @@
 
 PoseTrack itself can no longer be downloaded, so runs, tests and demos use this generated data
 by default. Each video shows 1..3 people (3D skeletons with the 17 PoseTrack18 joints and
-capsule bodies) walking, waving, bending, turning, squatting or exercising in front of a
-textured backdrop, seen by a panning, dollying pinhole camera, with occluding objects and
-bursts of motion blur and defocus. Labels follow what is drawn: a joint is labeled only where
-it is visible; ears are never labeled, as in PoseTrack18. 3D joints and cameras are saved
-beside the annotations.
+capsule bodies) walking, waving, bending, turning, squatting or exercising, some running,
+jumping, swinging or spinning, maybe a passer-by crossing in front, in front of a textured
+backdrop, seen by a panning, dollying, maybe zooming and shaking pinhole camera, with
+occluding objects, long exposures integrated from sub-frame renders, defocus and low-bitrate
+encodes (each at a rate of ``SyntheticConfig``; the ``hard`` preset raises them all). Labels
+follow what is drawn: a joint is labeled only where it is visible; ears are never labeled, as
+in PoseTrack18. 3D joints, cameras and the conditions of every frame and joint are saved
+beside the annotations (``load_sidecar``).
 
 Generate from the command line::
 
-  python -m posewarper_jax.data.synthetic --root DIR [--preset tiny|default|large] [--seed N]
+  python -m posewarper_jax.data.synthetic --root DIR [--preset tiny|default|hard|large]
+      [--seed N]
 
 or from code with ``generate(root, "default")`` (returns at once when ``root`` already holds
 the same data set) and read it back with ``load_split(root, "train")``.

@@ -31,8 +31,9 @@ class SyntheticConfig:
       fps: frames per second of the simulated camera; motions move at real speeds, so a lower
         fps means more motion between consecutive frames. 25, as PoseTrack's clips (consumer
         video at 25-30 fps, labeled at the native rate): at 6 fps a joint moves a median 1.4
-        head sizes in 3 frames, at 25 fps 0.3.
-      min_people, max_people: people per video (1..3 by default).
+        head sizes in 3 frames, at 25 fps 0.3 (generator version 2; with version 3's fast
+        motions and camera moves a visible joint of the default preset 0.42).
+      min_people, max_people: people per video (1..3 by default; a passer-by comes on top).
       person_height_frac: range of a standing person's height over the image height, at the
         camera's distance to the group when the video starts (people nearer or farther, and
         the camera's dolly, change it).
@@ -54,17 +55,18 @@ class SyntheticConfig:
         panels, most sliding across the line of sight, so occlusion comes and goes). 0.5: street
         and indoor scenes usually have something between camera and people.
       passerby_rate: probability that a video has a passer-by: one more person walking (30%
-        jogging) across between the camera and the group, nearer to the camera, who occludes
-        the people behind for a second or two and leaves; labeled like everyone else. 0.25:
+        jogging) across 0.5..1.2 m in front of the group, who occludes the people behind for
+        a second or two and leaves; labeled like everyone else. 0.25:
         PoseTrack's scenes are crowded, people cross in front of one another.
       fast_motion_rate: probability that a person (not the passer-by) does a sports-like fast
         motion (``body.FAST_ACTIVITIES``: running, jumping, swinging, spinning) instead of the
         everyday ones. 0.2: sports and exercise are among MPII's largest activity categories.
       motion_blur_rate: expected fraction of frames exposed long (in bursts of 2..5 frames:
         low light, auto-exposure), drawn as the mean of 3..``blur_subframes`` renders at
-        sub-frame times over an exposure of 0.5..1 frame interval (a 180..360 degree shutter;
-        the scene, camera path included, interpolated between frames) with a slight hand-held
-        camera turn during the exposure; the other frames are instantaneous (sharp). 0.12.
+        sub-frame times over an exposure of 1/50..1/25 s (a 180..360 degree shutter at 25
+        fps; the scene, camera path included, interpolated between frames) with a slight
+        hand-held camera turn (1.25..7.5 degrees/s) during the exposure; the other frames are
+        instantaneous (sharp). 0.12.
       blur_subframes: the most sub-frame renders per long-exposure frame (odd, >= 3); the
         number used grows with the fastest image motion during the exposure (about 2 px
         apart).

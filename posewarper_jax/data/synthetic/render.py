@@ -124,13 +124,18 @@ DEFAULT_LIGHT = Light(
 )
 
 
+def _clip(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``np.clip`` for the renderer's many small arrays (same values, less overhead)."""
+    return np.minimum(np.maximum(x, lo), hi)
+
+
 def _shade(light: Light, nx: np.ndarray, ny: np.ndarray, nz: np.ndarray) -> np.ndarray:
     """Lambert + Blinn specular factor for unit normals (camera coordinates)."""
     L = light.direction
-    lam = np.clip(nx * L[0] + ny * L[1] + nz * L[2], 0.0, 1.0)
+    lam = _clip(nx * L[0] + ny * L[1] + nz * L[2], 0.0, 1.0)
     half = L + np.array([0.0, 0.0, -1.0])
     half /= np.linalg.norm(half)
-    spec = np.clip(nx * half[0] + ny * half[1] + nz * half[2], 0.0, 1.0) ** 16
+    spec = _clip(nx * half[0] + ny * half[1] + nz * half[2], 0.0, 1.0) ** 16
     return light.ambient + (1.0 - light.ambient) * lam + light.specular * spec
 
 
@@ -203,12 +208,12 @@ def draw_capsule(
     t_line = (da - bu * float(U @ a)) / denom
     s_line = (e + bu * da) / denom
     # Distance of the ray to the axis *segment* (soft edges, depth of edge pixels).
-    s_c = np.clip(s_line, 0.0, L)
+    s_c = _clip(s_line, 0.0, L)
     qx, qy, qz = a[0] + s_c * U[0], a[1] + s_c * U[1], a[2] + s_c * U[2]
     t_q = np.maximum(Dx * qx + Dy * qy + Dz * qz, NEAR)
     dist = np.sqrt(np.maximum((qx * qx + qy * qy + qz * qz) - t_q * t_q, 0.0))
     r_c = ra + (rb - ra) * s_c / L
-    alpha = np.clip((r_c - dist) * fx / (t_q * Dz) + 0.5, 0.0, 1.0)
+    alpha = _clip((r_c - dist) * fx / (t_q * Dz) + 0.5, 0.0, 1.0)
     # The rest only for covered pixels, as flat arrays.
     iy, ix = np.nonzero(alpha > 0)
     if iy.size == 0:
@@ -221,7 +226,7 @@ def draw_capsule(
     gy = t_line * Dy - (a[1] + s_line * U[1])
     gz = t_line * Dz - (a[2] + s_line * U[2])
     d_line2 = gx * gx + gy * gy + gz * gz
-    r_line = ra + (rb - ra) * np.clip(s_line, 0.0, L) / L
+    r_line = ra + (rb - ra) * _clip(s_line, 0.0, L) / L
     step = np.sqrt(np.maximum(r_line * r_line - d_line2, 0.0) / denom)
     t_cyl = t_line - step
     s_hit = s_line - bu * step
@@ -240,7 +245,7 @@ def draw_capsule(
     iy, ix, t, depth, alpha = iy[nearer], ix[nearer], t[nearer], depth[nearer], alpha[nearer]
     px, py, pz = t * Dx[nearer], t * Dy[nearer], t * Dz[nearer]  # surface points
     # Normal: from the nearest axis point to the surface point.
-    s_p = np.clip((px - a[0]) * U[0] + (py - a[1]) * U[1] + (pz - a[2]) * U[2], 0.0, L)
+    s_p = _clip((px - a[0]) * U[0] + (py - a[1]) * U[1] + (pz - a[2]) * U[2], 0.0, L)
     nx, ny, nz = px - (a[0] + s_p * U[0]), py - (a[1] + s_p * U[1]), pz - (a[2] + s_p * U[2])
     norm = np.maximum(np.sqrt(nx * nx + ny * ny + nz * nz), 1e-9)
     nx, ny, nz = nx / norm, ny / norm, nz / norm
@@ -544,20 +549,31 @@ def render_backdrop(backdrop: Backdrop, camera: Camera, width: int, height: int)
     M_ground = np.array(
         [[g, 0, -backdrop.ground_half], [0, 0, 0], [0, g * wg / hg, backdrop.wall_z], [0, 0, 1]]
     )
-    size = (width, height)
-    flags = dict(flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    wall = cv2.warpPerspective(backdrop.wall, P @ M_wall, size, **flags)
-    ground = cv2.warpPerspective(backdrop.ground, P @ M_ground, size, **flags)
-    # A pixel shows the ground when its ray meets Y = 0 in front of the wall.
-    u, v = np.meshgrid(np.arange(width), np.arange(height))
-    rays = np.stack([u, v, np.ones_like(u)], -1).astype(np.float64) @ np.linalg.inv(camera.K).T
-    rays = rays @ camera.R  # camera -> world directions (R^T d)
+    # A pixel shows the ground when its ray meets Y = 0 in front of the wall. The ray's world
+    # direction R^T K^-1 (u, v, 1) is linear in the pixel, so its Y and Z are two planes.
+    A = camera.R.T @ np.linalg.inv(camera.K)
+    u = np.arange(width, dtype=np.float64)[None, :]
+    v = np.arange(height, dtype=np.float64)[:, None]
+    ray_y = A[1, 0] * u + A[1, 1] * v + A[1, 2]
+    ray_z = A[2, 0] * u + A[2, 1] * v + A[2, 2]
     c = camera.center
     with np.errstate(divide="ignore", invalid="ignore"):
-        tg = -c[1] / rays[..., 1]
-        z_hit = c[2] + tg * rays[..., 2]
-    on_ground = (rays[..., 1] < 0) & (z_hit > backdrop.wall_z)
-    return np.where(on_ground[..., None], ground, wall).astype(np.float32)
+        z_hit = c[2] - c[1] * ray_z / ray_y
+    on_ground = (ray_y < 0) & (z_hit > backdrop.wall_z)
+    # Each plane is warped only over the rows where it shows.
+    flags = dict(flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    out = np.empty((height, width, 3), np.uint8)
+    for texture, M, shown in (
+        (backdrop.wall, M_wall, ~on_ground), (backdrop.ground, M_ground, on_ground)
+    ):  # fmt: skip
+        rows = np.flatnonzero(shown.any(1))
+        if not len(rows):
+            continue
+        y0, y1 = int(rows[0]), int(rows[-1])
+        shift = np.array([[1.0, 0, 0], [0, 1, -y0], [0, 0, 1]])
+        part = cv2.warpPerspective(texture, shift @ P @ M, (width, y1 - y0 + 1), **flags)
+        out[y0 : y1 + 1] = np.where(shown[y0 : y1 + 1, :, None], part, out[y0 : y1 + 1])
+    return out.astype(np.float32)
 
 
 def draw_shadow(
@@ -577,11 +593,21 @@ def draw_shadow(
     if np.any(cam[:, 2] < NEAR):
         return
     uv = project_camera(camera.K, cam)
-    mask = np.zeros(canvas.shape, np.float32)
-    cv2.fillPoly(mask, [np.round(uv * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
     blur = max(1.0, 0.25 * float(np.ptp(uv[:, 1])))
+    # Only the window the blurred ellipse can reach (the blur's kernel spans 4 sigma): the
+    # same values as blurring a mask of the whole frame, at a fraction of the work.
+    H, W = canvas.shape
+    pad = int(np.ceil(4 * blur)) + 3
+    x0, y0 = np.maximum(np.floor(uv.min(0)).astype(int) - pad, 0)
+    x1 = min(int(np.ceil(uv[:, 0].max())) + pad, W - 1)
+    y1 = min(int(np.ceil(uv[:, 1].max())) + pad, H - 1)
+    if x0 > x1 or y0 > y1:
+        return
+    mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.float32)
+    pts = np.round(uv * 16).astype(np.int32) - np.array([x0, y0], np.int32) * 16
+    cv2.fillPoly(mask, [pts], 1.0, cv2.LINE_AA, shift=4)
     mask = cv2.GaussianBlur(mask, (0, 0), blur)
-    canvas.color *= (1.0 - strength * mask)[..., None]
+    canvas.color[y0 : y1 + 1, x0 : x1 + 1] *= (1.0 - strength * mask)[..., None]
 
 
 # ----------------------------------------------------------------------------- image effects

@@ -207,13 +207,16 @@ def _once(rng: np.random.Generator, T: int, fps: float, dur: tuple[float, float]
 
 
 def _passerby(
-    rng: np.random.Generator, T: int, fps: float, eyes: np.ndarray, centre: np.ndarray
-) -> tuple[body_lib.BodyShape, body_lib.BodyPose]:
-    """Someone walking (or jogging) across between the camera and the group, crossing the
-    line of sight to the group's centre at a random time."""
+    rng: np.random.Generator, T: int, fps: float, eyes: np.ndarray, centre: np.ndarray,
+    front: np.ndarray,
+) -> tuple[body_lib.BodyShape, body_lib.BodyPose]:  # fmt: skip
+    """Someone walking (or jogging) across between the camera and the group, 0.5..1.2 m in
+    front of its front-most member (``front``: [T] largest pelvis Z), crossing the line of
+    sight to the group's centre at a random time."""
     shape = body_lib.sample_body(rng)
     direction = rng.choice([-1.0, 1.0])
-    z = float(rng.uniform(1.0, max(1.0, min(2.5, eyes[:, 2].min() - 2.0))))
+    i = int(rng.integers(int(0.2 * T), max(int(0.8 * T), int(0.2 * T) + 1)))
+    z = float(min(front[i] + rng.uniform(0.5, 1.2), eyes[:, 2].min() - 2.5))
     motion = body_lib.sample_motion(
         rng, T, fps, (0.0, z), direction * np.pi / 2, activities=("walk",), bounds=(1e9, 1e9)
     )
@@ -221,7 +224,6 @@ def _passerby(
         root = motion.root.copy()
         root[1:] = root[0] + 2.0 * (root[1:] - root[0])
         motion = dataclasses.replace(motion, root=root)
-    i = int(rng.integers(int(0.2 * T), max(int(0.8 * T), int(0.2 * T) + 1)))
     e, c = eyes[i], centre[i]
     x_cross = e[0] + (c[0] - e[0]) * (e[2] - z) / (e[2] - c[2]) + rng.uniform(-0.3, 0.3)
     root = motion.root.copy()
@@ -296,7 +298,7 @@ def sample_scene(rng: np.random.Generator, cfg: SyntheticConfig, num_frames: int
     K = render.intrinsics(focal, W, H)
 
     if rng.random() < cfg.passerby_rate:
-        shape, pose = _passerby(rng, T, fps, eyes, centre)
+        shape, pose = _passerby(rng, T, fps, eyes, centre, pelvis[:, :, 2].max(1))
         shapes.append(shape)
         poses.append(pose)
         roles.append("passerby")
@@ -317,11 +319,14 @@ def sample_scene(rng: np.random.Generator, cfg: SyntheticConfig, num_frames: int
     )
 
     # Long exposures (with a slight hand-held turn) and defocus, in short bursts.
-    exposure = np.where(_episodes(rng, T, cfg.motion_blur_rate), rng.uniform(0.5, 1.0), 0.0)
+    # 1/50..1/25 s (a 180..360 degree shutter at 25 fps), in frame intervals; the hand-held
+    # turn of 1.25..7.5 degrees per second, per frame interval.
+    long = _episodes(rng, T, cfg.motion_blur_rate)
+    exposure = np.where(long, rng.uniform(0.02, 0.04) * fps, 0.0)
     axis = rng.normal(size=(T, 2))
     axis /= np.maximum(np.linalg.norm(axis, axis=-1, keepdims=True), 1e-9)
     spin = np.zeros((T, 3))
-    spin[:, :2] = axis * np.deg2rad(rng.uniform(0.05, 0.3, (T, 1)))
+    spin[:, :2] = axis * np.deg2rad(rng.uniform(1.25, 7.5, (T, 1)) / fps)
     spin[exposure == 0] = 0.0
     defocus = np.where(_episodes(rng, T, cfg.defocus_rate), rng.uniform(1.0, 3.0, T) * H / 240, 0)
     source_quality = 0
@@ -559,7 +564,8 @@ def render_frame(
         if scene.defocus is not None and scene.defocus[frame] > 0:
             image = render.defocus_blur(image, float(scene.defocus[frame]))
         if scene.noise_std > 0 and noise_rng is not None:
-            image = image + noise_rng.normal(0.0, scene.noise_std, image.shape).astype(np.float32)
+            noise = noise_rng.standard_normal(image.shape, dtype=np.float32)
+            image = image + np.float32(scene.noise_std) * noise
     image = np.clip(np.round(image), 0, 255).astype(np.uint8)
     if effects and scene.source_quality > 0:
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, scene.source_quality])
