@@ -38,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    cli.check_writable_dir(os.path.dirname(os.path.abspath(args.root)), "the folder of --root")
+    from posewarper_jax import storage
+
+    if storage.is_remote(args.root):  # a bucket: objects need no folder above them
+        cli.check_writable_dir(args.root, "--root")
+    else:
+        cli.check_writable_dir(os.path.dirname(os.path.abspath(args.root)), "the folder of --root")
     overrides = {} if args.seed is None else {"seed": args.seed}
     cfg = get_config(args.preset, **overrides)
     reuse = not args.force and matches(args.root, cfg)
