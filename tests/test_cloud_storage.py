@@ -134,14 +134,20 @@ def _main(argv):
 
     from posewarper_jax import main as main_mod
 
-    full = ["posewarper_jax.main", *argv]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "argv", full)  # config_flags reads its overrides from sys.argv
+    def reset():
         flags.FLAGS.unparse_flags()
         for name in [n for n in flags.FLAGS if n.startswith("config.")]:
             delattr(flags.FLAGS, name)  # the config's overrides, defined again by parsing
+
+    full = ["posewarper_jax.main", *argv]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", full)  # config_flags reads its overrides from sys.argv
+        reset()
         flags.FLAGS(full)
-        return cli.guarded(lambda: main_mod.main(full[:1]))
+        try:
+            return cli.guarded(lambda: main_mod.main(full[:1]))
+        finally:
+            reset()
 
 
 @pytest.fixture
