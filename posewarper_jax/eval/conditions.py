@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from posewarper_jax.data.types import Frame, VideoDataset
+from posewarper_jax.data.types import VideoDataset
+from posewarper_jax.eval import score_views
 from posewarper_jax.eval.posetrack_map import (
     NUM_POSEVAL_JOINTS,
     POSEVAL_SLOTS,
@@ -166,23 +167,7 @@ def joint_masks(
 
 def _frames_where(gt: VideoDataset, keep: Mapping[str, np.ndarray]) -> VideoDataset:
     """``gt`` with the people of every frame where ``keep[video][index]`` is False removed."""
-    videos = []
-    for video in gt.videos:
-        k = keep[video.name]
-        frames = [
-            f
-            if k[f.index]
-            else Frame(
-                path=f.path,
-                index=f.index,
-                image_id=f.image_id,
-                is_labeled=False,
-                ignore_regions=list(f.ignore_regions),
-            )
-            for f in video.frames
-        ]
-        videos.append(dataclasses.replace(video, frames=frames))
-    return dataclasses.replace(gt, videos=videos)
+    return score_views.frames_where(gt, lambda name, index: bool(keep[name][index]))
 
 
 def _count(gt: VideoDataset) -> tuple[int, int]:

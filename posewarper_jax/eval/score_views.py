@@ -40,7 +40,7 @@ within reach are scored in the overall views only (as misses: nothing is predict
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -162,16 +162,15 @@ def label_distances(labeled: VideoDataset, reach: int) -> dict[tuple[str, int], 
     return out
 
 
-def frames_at_distance(
-    gt: VideoDataset, distances: Mapping[tuple[str, int], int], delta: int
-) -> VideoDataset:
-    """``gt`` with the people of every frame not at ``|δ| = delta`` removed (those frames are
-    then not scored). Frames and videos are kept, so predictions still pair with it."""
+def frames_where(gt: VideoDataset, keep: Callable[[str, int], bool]) -> VideoDataset:
+    """``gt`` with the people of every frame where ``keep(video name, frame index)`` is False
+    removed (those frames are then not scored). Frames and videos are kept, so predictions
+    still pair with it."""
     videos = []
     for video in gt.videos:
         frames = [
             f
-            if distances.get((video.name, f.index)) == delta
+            if keep(video.name, f.index)
             else Frame(
                 path=f.path,
                 index=f.index,
@@ -183,6 +182,13 @@ def frames_at_distance(
         ]
         videos.append(dataclasses.replace(video, frames=frames))
     return dataclasses.replace(gt, videos=videos)
+
+
+def frames_at_distance(
+    gt: VideoDataset, distances: Mapping[tuple[str, int], int], delta: int
+) -> VideoDataset:
+    """``gt`` with the people of every frame not at ``|δ| = delta`` removed (``frames_where``)."""
+    return frames_where(gt, lambda name, index: distances.get((name, index)) == delta)
 
 
 def _count(gt: VideoDataset) -> tuple[int, int]:
