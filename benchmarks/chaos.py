@@ -50,7 +50,8 @@ keys are compared: every phase keeps its time across the resumes), and ``metrics
 are logged again after the resume).
 
 With the JAX persistent compilation cache (default; ``--no-compile-cache`` turns it off),
-shared by both workdirs, a restart does not compile again what the reference compiled.
+shared by both workdirs (in ``DIR/jax_cache``, or ``JAX_COMPILATION_CACHE_DIR`` when set), a
+restart does not compile again what the reference compiled.
 
 Prints one line per kill and one JSON line with the outcome (``ok``: no difference); writes
 the same to ``DIR/chaos.json``. Exit status 0 when the results are equal, 1 otherwise. A
@@ -421,8 +422,9 @@ def campaign(kills: int, seed: int, folder: str, config: str, compile_cache: boo
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     if compile_cache:
+        # A cache folder already set (e.g. the test run's) is used as it is.
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(folder, "jax_cache"))
         env.update(
-            JAX_COMPILATION_CACHE_DIR=os.path.join(folder, "jax_cache"),
             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
         )

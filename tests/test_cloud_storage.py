@@ -157,10 +157,11 @@ def compile_cache(tmp_path_factory):
     from jax._src import compilation_cache
 
     names = {
-        "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
         "jax_persistent_cache_min_compile_time_secs": 0.0,
         "jax_persistent_cache_min_entry_size_bytes": 0,
     }
+    if not jax.config.jax_compilation_cache_dir:  # else the test run's (conftest.py)
+        names["jax_compilation_cache_dir"] = str(tmp_path_factory.mktemp("jax_cache"))
     before = {name: getattr(jax.config, name) for name in names}
     for name, value in names.items():
         jax.config.update(name, value)

@@ -111,7 +111,9 @@ def test_gt_targets_recover_keypoints_and_score_full_map(data):
         for p in range(len(f.people))
     }
     got = [(r["video"], r["frame"], r["person"]) for r in rows]
-    assert len(got) == len(set(got)) == len(expected) == 3 * (7 + 8 - 4) - 3
+    assert len(got) == len(set(got)) == len(expected) > 0
+    assert not [k for k in got if k[1] in (1, 3)]  # unlabeled frames
+    assert not [k for k in got if k[:2] == (0, 2)]  # the labeled frame without people
     assert set(got) == expected
     assert sum(int(np.sum(~b["mask"])) for b in batches) > 0  # the last batch was padded
 

@@ -189,7 +189,8 @@ def test_main_job_evaluates_and_writes_every_row_of_the_report(data_root, tmp_pa
     assert "## Detect and track" in open(summary["report"]["markdown"]).read()
 
     # The diagnostics command reads the finished workdir; its flip-test row is the report's
-    # PoseWarper row (same plan, same model, flip test on in both).
+    # PoseWarper row (same split, plan and model, flip test on in both). The tiny set's one
+    # validation video is in the test half, so the diagnostics' own default split (dev) is empty.
     cmd = [
         sys.executable,
         "-m",
@@ -200,6 +201,7 @@ def test_main_job_evaluates_and_writes_every_row_of_the_report(data_root, tmp_pa
         "--config.sparse.every_k=3",
         "--config.pretrain.data=none",
         "--config.eval.batch_size=8",
+        "--split=test",
     ]
     subprocess.run(cmd, env=_env(), check=True, capture_output=True)
     diag = json.load(open(os.path.join(workdir, "diagnostics.json")))
