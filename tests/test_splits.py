@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 
 import pytest
 from test_report import CONFIG, TIMING, make_results
+from test_seeds import _config
 
 from posewarper_jax import cli, experiment, job
 from posewarper_jax.apps import report
@@ -19,15 +19,6 @@ from posewarper_jax.data.types import Video, VideoDataset
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PT18 = os.path.join(ROOT, "tests", "fixtures", "posetrack18")
 PT17 = os.path.join(ROOT, "tests", "fixtures", "posetrack17")
-
-
-def _config(arg: str = ""):
-    spec = importlib.util.spec_from_file_location(
-        "sparse", os.path.join(ROOT, "configs", "sparse.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def test_rule_by_hand_and_balance():
