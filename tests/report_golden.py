@@ -1,0 +1,103 @@
+"""The main job's ``report.json`` against a recorded one: the check that a change of the code's
+structure left the job's behaviour alone.
+
+``tests/fixtures/report_runlocal.json`` is the report of ``test_training``'s main-job test
+(the tiny data set, 2 steps per stage, flip test, pseudo labels), recorded together with the
+machine it ran on. ``check_report`` compares a new report with it:
+
+- every key, string and boolean, and which values are null: always equal;
+- numbers: equal (counts exactly, others to 1e-9) on the machine (CPU model, JAX version)
+  that recorded the file;
+  elsewhere XLA may compile other instructions and a score can move where a joint sits on a
+  PCKh or OKS threshold, so there they must agree to 2.0 (percentage points; relative 2%
+  for other magnitudes);
+- left out: ``timing_s`` (seconds) and the config's data roots; the workdir in file paths
+  reads ``<workdir>``.
+
+``POSEWARPER_RECORD_REPORT=1`` writes the fixture from the report of this run instead: do that
+only with a code version whose behaviour is the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+
+import jax
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "report_runlocal.json")
+IGNORED = ("timing_s",)
+IGNORED_CONFIG = (("data", "root"), ("pretrain", "root"))
+
+
+def machine() -> dict:
+    """What decides the floating-point results: the CPU model and the JAX version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__}
+
+
+def _comparable(report: dict, workdir: str) -> dict:
+    text = json.dumps({k: v for k, v in report.items() if k not in IGNORED})
+    prefix = json.dumps(os.path.abspath(workdir))[1:-1]
+    out = json.loads(text.replace(prefix, "<workdir>"))
+    config = out.get("config", {})
+    for section, field in IGNORED_CONFIG:
+        config.get(section, {}).pop(field, None)
+    out["config"] = config
+    return out
+
+
+def _diffs(a, b, path: str, tol) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        if sorted(a) != sorted(b):
+            return [f"{path}: keys {sorted(set(a) ^ set(b))} differ"]
+        for k in a:
+            out += _diffs(a[k], b[k], f"{path}.{k}", tol)
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} items against {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diffs(x, y, f"{path}[{i}]", tol)]
+    numbers = (int, float)
+    if (
+        isinstance(a, numbers)
+        and isinstance(b, numbers)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
+        if isinstance(a, int) and isinstance(b, int) and tol[0] < 1:
+            return [] if a == b else [f"{path}: {a} against {b}"]
+        if math.isclose(a, b, rel_tol=tol[1], abs_tol=tol[0]):
+            return []
+        return [f"{path}: {a!r} against {b!r}"]
+    return [] if a == b else [f"{path}: {a!r} against {b!r}"]
+
+
+def check_report(report: dict, workdir: str) -> None:
+    """Asserts that ``report`` is the recorded one (module docstring)."""
+    if os.environ.get("POSEWARPER_RECORD_REPORT") == "1":
+        os.makedirs(os.path.dirname(FIXTURE), exist_ok=True)
+        with open(FIXTURE, "w") as f:
+            json.dump({"machine": machine(), "report": _comparable(report, workdir)}, f, indent=1)
+            f.write("\n")
+        return
+    with open(FIXTURE) as f:
+        recorded = json.load(f)
+    same_machine = recorded["machine"] == machine()
+    tol = (1e-9, 1e-9) if same_machine else (2.0, 0.02)
+    diffs = _diffs(recorded["report"], _comparable(report, workdir), "report", tol)
+    where = "this machine" if same_machine else f"another machine ({recorded['machine']})"
+    assert not diffs, (
+        f"report.json differs from {FIXTURE} (recorded on {where}):\n" + "\n".join(diffs[:30])
+    )
