@@ -39,58 +39,37 @@ command per run of ``get_sweep()``: the paper's dilation ablation and its V/N gr
 
 import ml_collections as mlc
 
+from posewarper_jax import config_args
+
 PAPER_DILATIONS = (3, 6, 12, 18, 24)
 
 
-KNOWN_ARGS = ("runlocal", "scratch", "data", "root", "paper", "gpu", "smoke", "backbone", "V", "N")
-# Arguments with a value; every other known argument is a switch (``runlocal``,
-# ``runlocal=true``; off with ``runlocal=false`` or ``=0``).
-INT_ARGS = ("V", "N")
-STR_ARGS = ("data", "root", "backbone")
-_TRUE, _FALSE = ("", "1", "true", "yes", "on"), ("0", "false", "no", "off")
+# The variants' arguments and their defaults (``config_args.parse_arg``): a bool is a switch
+# (``runlocal``, ``runlocal=true``; off with ``runlocal=false`` or ``=0``); ``root`` and
+# ``backbone`` default to the variant's own; V and N are None unless given.
+ARGS = dict(
+    runlocal=False, scratch=False, data="synthetic", root="", paper=False, gpu=False,
+    smoke=False, backbone="", V=int, N=int,
+)  # fmt: skip
+KNOWN_ARGS = tuple(ARGS)
 
 
-def _parse_arg(arg):
-    """'a=1,b,c=x' -> {'a': 1, 'b': True, 'c': 'x'}: typed as ``INT_ARGS``, ``STR_ARGS`` and
-    switches say; ValueError naming the argument for an unknown one or a bad value."""
-    out = {}
-    for item in (arg or "").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        key, eq, value = (x.strip() for x in item.partition("="))
-        if key not in KNOWN_ARGS:
-            raise ValueError(
-                f"configs/sparse.py: unknown argument {key!r}; known: {', '.join(KNOWN_ARGS)}"
-            )
-        if key in INT_ARGS:
-            try:
-                out[key] = int(value)
-            except ValueError:
-                raise ValueError(f"configs/sparse.py: {item}: must be an integer") from None
-        elif key in STR_ARGS:
-            if not eq or not value:
-                raise ValueError(f"configs/sparse.py: {item}: needs a value ({key}=...)")
-            out[key] = value
-        elif value.lower() in _TRUE:
-            out[key] = True
-        elif value.lower() in _FALSE:
-            out[key] = False
-        else:
-            raise ValueError(f"configs/sparse.py: {item}: must be a boolean (true or false)")
-    return out
+def parse_arg(arg):
+    """'runlocal,V=50,N=2' -> every argument of ``ARGS``, typed; ValueError naming the
+    argument for an unknown one or a bad value."""
+    return config_args.parse_arg(arg, where="configs/sparse.py", **ARGS)
 
 
 def get_config(arg=None):
-    args = _parse_arg(arg)
+    args = parse_arg(arg)
 
     c = mlc.ConfigDict()
     c.seed = 0
 
     # ------------------------------------------------------------------ data
     c.data = mlc.ConfigDict()
-    c.data.kind = str(args.get("data", "synthetic"))  # synthetic | posetrack18 | posetrack17
-    c.data.root = str(args.get("root", "data/synthetic"))
+    c.data.kind = args.data  # synthetic | posetrack18 | posetrack17
+    c.data.root = args.root or "data/synthetic"
     c.data.synthetic_preset = "default"
     c.data.synthetic_seed = 0
     # SyntheticConfig fields replaced, e.g. "fps=6,num_train_videos=48" (use another data.root:
@@ -113,10 +92,10 @@ def get_config(arg=None):
     c.sparse.num_videos = 0  # V (0: all videos)
     c.sparse.frames_per_video = 0  # N
     c.sparse.seed = 0
-    if "V" in args or "N" in args:
+    if args.V is not None or args.N is not None:
         c.sparse.every_k = 0
-        c.sparse.num_videos = int(args.get("V", 0))
-        c.sparse.frames_per_video = int(args.get("N", 1))
+        c.sparse.num_videos = 0 if args.V is None else args.V
+        c.sparse.frames_per_video = 1 if args.N is None else args.N
 
     # ------------------------------------------------------------------ input pipeline
     c.input = mlc.ConfigDict()
@@ -137,7 +116,7 @@ def get_config(arg=None):
 
     # ------------------------------------------------------------------ model
     c.model = mlc.ConfigDict()
-    c.model.backbone = str(args.get("backbone", "small"))
+    c.model.backbone = args.backbone or "small"
     c.model.pretrained = ""  # an Orbax checkpoint written by `python -m posewarper_jax.convert`
     c.model.head_channels = 32
     c.model.head_blocks = 4
@@ -185,7 +164,7 @@ def get_config(arg=None):
     # the README: 20 / 40 / 80 epochs recover 39 / 45 / 50% of the joints' motion 2 frames
     # away; propagation mAP 80.0 / 81.2 / 81.9 with flip test).
     c.stage2 = stage(epochs=80, lr=1e-3, lr_steps=(40, 60), batch_size=16)
-    if args.get("scratch"):
+    if args.scratch:
         # No pre-training: HRNet learns from random weights on the labeled frames alone.
         c.pretrain.data = "none"
         c.stage1 = stage(epochs=50, lr=1e-3, lr_steps=(35, 45), batch_size=16)
@@ -221,9 +200,9 @@ def get_config(arg=None):
     c.augment.match_stage1_steps = True
 
     # ------------------------------------------------------------------ variants
-    if args.get("paper") or args.get("gpu"):
+    if args.paper or args.gpu:
         _paper_network(c, args)
-    if args.get("paper"):
+    if args.paper:
         # The paper's heatmap coding (HRNet's) and evaluation, for parity with its numbers.
         c.input.target_encoding = "integer"
         c.eval.decoding = "quarter"
@@ -233,14 +212,14 @@ def get_config(arg=None):
         c.pretrain.batch_size = 64
         c.checkpoint_every = 1000
         c.log_every = 100
-    if args.get("gpu"):
+    if args.gpu:
         c.eval.batch_size = 64
         c.checkpoint_every = 500
-    if args.get("smoke") or args.get("runlocal"):
+    if args.smoke or args.runlocal:
         # The tiny data set in its own root (a smoke test leaves the default's data sets
         # alone) and a few steps of every stage.
         c.data.synthetic_preset = "tiny"
-        c.data.root = str(args.get("root", "data/synthetic_tiny"))
+        c.data.root = args.root or "data/synthetic_tiny"
         c.pretrain.synthetic_preset = "tiny"
         for s in (c.pretrain, c.stage1, c.stage2):
             s.max_steps = 4
@@ -248,8 +227,8 @@ def get_config(arg=None):
         c.checkpoint_every = 2
         c.log_every = 1
         c.eval.batch_size = 8
-    if args.get("runlocal"):
-        c.model.backbone = str(args.get("backbone", "tiny"))
+    if args.runlocal:
+        c.model.backbone = args.backbone or "tiny"
         c.model.head_channels = 16
         c.model.head_blocks = 2
         c.model.dilations = (3, 6)
@@ -261,7 +240,7 @@ def get_config(arg=None):
 
 def _paper_network(c, args):
     """HRNet-W48 (or ``backbone=``) at 384x288 with 96x72 heatmaps and the paper's head."""
-    c.model.backbone = str(args.get("backbone", "w48"))
+    c.model.backbone = args.backbone or "w48"
     c.model.head_channels = 128
     c.model.head_blocks = 20
     c.model.dilations = PAPER_DILATIONS

@@ -241,6 +241,7 @@ def ensure_data(config: mlc.ConfigDict, *, progress: bool = True) -> None:
 def synthetic_config(config: mlc.ConfigDict):
     """The ``SyntheticConfig`` of ``data.synthetic_preset``, ``data.synthetic_seed`` and
     ``data.synthetic_overrides`` (``"fps=6,num_train_videos=48"``: SyntheticConfig fields)."""
+    from posewarper_jax import config_args
     from posewarper_jax.data import synthetic
 
     d = config.data
@@ -249,26 +250,21 @@ def synthetic_config(config: mlc.ConfigDict):
         _fail("data.synthetic_preset", d.synthetic_preset, f"must be one of {presets}")
     fields = {f.name for f in dataclasses.fields(synthetic.SyntheticConfig)} - {"seed"}
     overrides: dict[str, Any] = {"seed": d.synthetic_seed}
-    for item in str(d.get("synthetic_overrides") or "").split(","):
-        if not item.strip():
-            continue
-        key, eq, value = (x.strip() for x in item.partition("="))
-        if not eq or key not in fields:
+    for item in config_args.split_items(d.get("synthetic_overrides")):
+        if not item.eq or item.key not in fields:
             _fail(
                 "data.synthetic_overrides",
                 d.synthetic_overrides,
-                f"{item.strip()!r} is not FIELD=VALUE with FIELD one of {sorted(fields)} "
+                f"{item.text.strip()!r} is not FIELD=VALUE with FIELD one of {sorted(fields)} "
                 "(the seed is data.synthetic_seed)",
             )
-        default = getattr(synthetic.get_config("default"), key)
+        default = getattr(synthetic.get_config("default"), item.key)
         try:
-            if isinstance(default, tuple):
-                parts = value.split(":")
-                overrides[key] = tuple(type(default[0])(x) for x in parts)
-            else:
-                overrides[key] = type(default)(value)
+            overrides[item.key] = config_args.convert(item.value, default)
         except ValueError:
-            _fail("data.synthetic_overrides", d.synthetic_overrides, f"bad value in {item!r}")
+            _fail(
+                "data.synthetic_overrides", d.synthetic_overrides, f"bad value in {item.text!r}"
+            )
     try:
         return synthetic.get_config(d.synthetic_preset, **overrides)
     except ValueError as err:  # a SyntheticConfig check, naming its field

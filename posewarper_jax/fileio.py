@@ -71,6 +71,17 @@ def _remote_write(path: str, tmp: str, data: str | bytes) -> None:
         raise
 
 
-def write_json(path: str, data: Any, *, indent: int | None = 2, what: str = "") -> None:
-    """``data`` as JSON at ``path``, atomically (``atomic_write``)."""
-    atomic_write(path, json.dumps(data, indent=indent), what=what)
+def write_json(
+    path: str,
+    data: Any,
+    *,
+    indent: int | None = 2,
+    allow_nan: bool = True,
+    newline: bool = False,
+    what: str = "",
+) -> None:
+    """``data`` as JSON at ``path``, atomically (``atomic_write``): ``json.dumps`` with
+    ``indent`` and ``allow_nan`` (False: a NaN or infinity raises ValueError before anything
+    is written), and a final ``"\\n"`` with ``newline``."""
+    text = json.dumps(data, indent=indent, allow_nan=allow_nan)
+    atomic_write(path, text + "\n" if newline else text, what=what)

@@ -21,11 +21,10 @@ it was. Exit status 2 with a one-line ``error:`` on bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
-from posewarper_jax import cli
+from posewarper_jax import cli, fileio
 from posewarper_jax.apps.outputs import run_command, staged
 from posewarper_jax.data import user_labels, video_frames
 
@@ -47,8 +46,7 @@ def make_label_job(video: str, out: str, every: int, first: int = 0) -> dict:
     with staged(out) as tmp:
         video_frames.extract(source, os.path.join(tmp, FRAMES_DIR), frames, suffix=".jpg")
         for name, data in ((COCO_FILE, coco), (POSETRACK_FILE, posetrack)):
-            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1)
+            fileio.write_json(os.path.join(tmp, name), data, indent=1)
     out = os.path.abspath(out)
     return {
         "video": source.path,

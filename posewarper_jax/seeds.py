@@ -31,7 +31,7 @@ from typing import Any
 
 import ml_collections as mlc
 
-from posewarper_jax import cli, experiment, fileio, storage
+from posewarper_jax import cli, experiment, fileio, logs, storage
 
 __all__ = ["draw_config", "draw_workdir", "parse_seeds", "run_seeds", "write_summary"]
 
@@ -98,8 +98,6 @@ def _finished_reports(workdir: str, seeds: list[int]) -> dict[int, dict[str, Any
 def write_summary(workdir: str, seeds: list[int]) -> dict[str, Any] | None:
     """``summary.json`` and ``summary.md`` of the finished draws among ``seeds`` (None when
     none has finished)."""
-    import json
-
     import jax
 
     from posewarper_jax.apps import seeds_summary
@@ -115,14 +113,16 @@ def write_summary(workdir: str, seeds: list[int]) -> dict[str, Any] | None:
     summary["missing"] = [s for s in seeds if s not in reports]
     if jax.process_index() != 0:
         return summary
-    text = json.dumps(summary, indent=2, allow_nan=False) + "\n"  # no NaN: missing is null
-    fileio.atomic_write(storage.join(workdir, SUMMARY_JSON), text)
+    # No NaN: a missing figure is null.
+    fileio.write_json(
+        storage.join(workdir, SUMMARY_JSON), summary, indent=2, allow_nan=False, newline=True
+    )
     fileio.atomic_write(storage.join(workdir, SUMMARY_MD), seeds_summary.render_summary(summary))
     return summary
 
 
 def run_seeds(
-    config: mlc.ConfigDict, workdir: str, seeds: list[int], *, log=print
+    config: mlc.ConfigDict, workdir: str, seeds: list[int], *, log=logs.log
 ) -> dict[str, Any] | None:
     """Runs (or resumes) every draw of ``seeds`` and writes the summary after each."""
     from posewarper_jax import job
@@ -156,7 +156,7 @@ def _main(argv):  # pragma: no cover - exercised through the CLI
     if flags.FLAGS.summarize_only:
         if write_summary(workdir, seeds) is None:
             raise SeedsError(f"{workdir}: no draw of seeds {seeds} has a report.json yet")
-        print(f"written: {storage.join(workdir, SUMMARY_MD)}", flush=True)
+        logs.log(f"written: {storage.join(workdir, SUMMARY_MD)}")
         return
     from posewarper_jax import distributed
 

@@ -36,9 +36,10 @@ from posewarper_jax import cli, fileio, storage
 from posewarper_jax.cli import ExpectedError
 from posewarper_jax.data import pipeline as pipeline_lib
 from posewarper_jax.data.types import VideoDataset
-from posewarper_jax.metrics import MetricWriter, Progress
+from posewarper_jax.logs import log as _log
 from posewarper_jax.models.freeze import freeze_optimizer
 from posewarper_jax.models.posewarper import PoseWarper
+from posewarper_jax.training_log import MetricWriter, Progress
 
 BATCH_KEYS = ("image", "target", "target_weight")
 
@@ -458,11 +459,6 @@ def _save(mngr, step: int, state, data_iter, name: str, ckpt_dir: str, last_good
         final = CheckpointWriteError(f"{out} (the last good checkpoint: {previous})")
         final.errno, final.filename = out.errno, out.filename
         raise final from err
-
-
-def _log(msg: str) -> None:
-    if jax.process_index() == 0:
-        print(msg, flush=True)
 
 
 def batch_loss(

@@ -146,15 +146,9 @@ class WorkdirLock:
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "command": " ".join(sys.argv),
             }
-            if self.remote:
-                from posewarper_jax import fileio
+            from posewarper_jax import fileio
 
-                fileio.atomic_write(self.path, json.dumps(record), what="the workdir lock")
-            else:
-                tmp = f"{self.path}.tmp-{os.getpid()}"
-                with open(tmp, "w") as f:
-                    json.dump(record, f)
-                os.replace(tmp, self.path)
+            fileio.write_json(self.path, record, indent=None, what="the workdir lock")
         self.held = True
         return self
 

@@ -9,6 +9,7 @@ import os
 import shutil
 
 import pytest
+from conftest import COCO_FILE, PT17, PT18
 
 from posewarper_jax import evaluate
 from posewarper_jax.data.detections import load_detections
@@ -19,12 +20,8 @@ from posewarper_jax.data.posetrack import (
     load_posetrack18,
 )
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
-PT18 = os.path.join(FIXTURES, "posetrack18")
 PT18_FILE = os.path.join("annotations", "val", "000001_bonn_test.json")
-PT17 = os.path.join(FIXTURES, "posetrack17")
 PT17_FILE = os.path.join("annotations", "val", "000003_mpii_relpath_5sec_testsub.json")
-COCO_FILE = os.path.join(FIXTURES, "coco", "annotations", "person_keypoints_val.json")
 NAN, INF = float("nan"), float("inf")
 
 

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from posewarper_jax import cli, convert, evaluate, experiment, job
+from posewarper_jax import cli, config_args, convert, evaluate, experiment, job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "sparse.py")
@@ -146,6 +146,32 @@ def test_variant_arguments_are_typed():
     ]:
         with pytest.raises(ValueError, match=message.replace(".", r"\.")):
             module.get_config(arg)
+
+
+def test_parse_arg_types_values_by_their_defaults():
+    args = config_args.parse_arg(
+        " on , n=3,x=0.5,name=a b,pair=1:2", on=False, off=True, n=0, x=1.0, name="", pair=(0, 0),
+        k=int,
+    )  # fmt: skip
+    assert args.to_dict() == {
+        "on": True, "off": True, "n": 3, "x": 0.5, "name": "a b", "pair": (1, 2), "k": None,
+    }  # fmt: skip
+    for word, value in [("yes", True), ("ON", True), ("1", True), ("off", False), ("No", False)]:
+        assert config_args.parse_arg(f"on={word}", on=False).on is value, word
+    for arg, message in [
+        ("on=2", "where: on=2: must be a boolean (true or false)"),
+        ("x=fast", "where: x=fast: must be a number"),
+        ("pair=1:b", "where: pair=1:b: must be values separated by ':'"),
+        ("name=", "where: name=: needs a value (name=...)"),
+        ("other=1", "where: unknown argument 'other'; known: on, x, pair, name"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            config_args.parse_arg(arg, where="where", on=False, x=1.0, pair=(0, 0), name="")
+        assert str(err.value) == message
+    items = config_args.split_items(" fps=6 ,, seed")
+    assert [(i.text, i.key, i.eq, i.value) for i in items] == [
+        (" fps=6 ", "fps", True, "6"), (" seed", "seed", False, ""),
+    ]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- other CLIs

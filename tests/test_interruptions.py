@@ -23,7 +23,7 @@ from test_training import ROOT, _env, tiny_config
 from posewarper_jax import cli, experiment, fileio, job, training
 from posewarper_jax import workdir as workdir_lib
 from posewarper_jax.data import pipeline as pipeline_lib
-from posewarper_jax.metrics import MetricWriter
+from posewarper_jax.training_log import MetricWriter
 
 STEPS = 6
 
@@ -88,6 +88,7 @@ def _largest_file(directory):
 # ----------------------------------------------------------------------------- checkpoints
 
 
+@pytest.mark.slow  # the stage-1 runs of setup and clean
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_step(setup, clean, tmp_path):
     workdir = str(tmp_path)
     _stage(setup, workdir, stop_after=4)
@@ -116,6 +117,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_step(setup, clean,
     assert os.path.exists(os.path.join(workdir, "stage1", "done.json"))
 
 
+@pytest.mark.slow  # the stage-1 runs of setup and clean
 def test_no_readable_checkpoint_is_an_error_naming_them(setup, tmp_path):
     workdir = str(tmp_path)
     _stage(setup, workdir, stop_after=2)
@@ -147,6 +149,7 @@ def _full_disk_on_save(monkeypatch, fail_at: int):
     monkeypatch.setattr(grain.checkpoint.CheckpointHandler, "save", save)
 
 
+@pytest.mark.slow  # the stage-1 runs of setup and clean
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(setup, clean, tmp_path, monkeypatch):
     workdir = str(tmp_path)
     _full_disk_on_save(monkeypatch, fail_at=2)  # the save of step 4
@@ -163,6 +166,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(setup, clean, tmp_
     assert _same(out, clean)
 
 
+@pytest.mark.slow  # the runlocal job, twice
 def test_full_disk_on_a_result_file_keeps_finished_results(data_root, tmp_path, monkeypatch):
     """The job's result files are written whole or not at all: ENOSPC on stage 2's done.json
     leaves stage 1's results and the timings as they were, and the next run finishes."""

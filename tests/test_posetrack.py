@@ -13,6 +13,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import COCO, COCO_FILE, PT17, PT18
 
 from posewarper_jax.data.detections import boxes_for_pair, load_detections
 from posewarper_jax.data.posetrack import (
@@ -28,15 +29,10 @@ from posewarper_jax.data.posetrack import (
 )
 from posewarper_jax.data.types import JOINT_NAMES, PT17_TO_PT18
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
-PT18 = os.path.join(FIXTURES, "posetrack18")
 PT18_ANN = os.path.join(PT18, "annotations", "val")
 PT18_A = os.path.join(PT18_ANN, "000001_bonn_test.json")
 PT18_B = os.path.join(PT18_ANN, "000002_mpii_test.json")
-PT17 = os.path.join(FIXTURES, "posetrack17")
 PT17_FILE = os.path.join(PT17, "annotations", "val", "000003_mpii_relpath_5sec_testsub.json")
-COCO = os.path.join(FIXTURES, "coco")
-COCO_FILE = os.path.join(COCO, "annotations", "person_keypoints_val.json")
 DETECTIONS = os.path.join(PT18, "detections_val.json")
 EARS = [JOINT_NAMES.index("left_ear"), JOINT_NAMES.index("right_ear")]
 

@@ -17,6 +17,8 @@ import os
 import cv2
 import numpy as np
 import pytest
+from conftest import curve_person
+from conftest import texture as _texture
 
 from posewarper_jax import experiment, training
 from posewarper_jax.apps import baselines, propagation
@@ -34,29 +36,9 @@ MOTION = 2.0  # px per frame, x
 BASE = {1: (30.0, 48.0), 2: (80.0, 45.0), 7: (56.0, 50.0)}  # track -> (cx, cy) at t = 0
 
 
-def _texture(seed: int, h: int, w: int) -> np.ndarray:
-    """Smoothed grey noise stretched to the full range (contrast for optical flow), as BGR."""
-    rng = np.random.default_rng(seed)
-    grey = cv2.GaussianBlur(rng.integers(0, 256, (h, w)).astype(np.uint8), (0, 0), 2.0)
-    grey = cv2.normalize(grey, None, 0, 255, cv2.NORM_MINMAX)
-    return np.repeat(grey[:, :, None], 3, axis=2)
-
-
 def _person(track: int, t: int, motion: float = MOTION) -> Person:
     cx, cy = BASE[track]
-    cx += motion * t
-    lin = np.linspace(0.0, 1.0, NUM_JOINTS)
-    kp = np.zeros((NUM_JOINTS, 3), np.float32)
-    kp[:, 0] = cx - 10 + 20 * lin
-    kp[:, 1] = cy - 20 + 40 * lin**2
-    kp[:, 2] = 1
-    kp[[3, 4]] = 0  # ears are never labeled
-    return Person(
-        keypoints=kp,
-        bbox=np.array([cx - 14, cy - 24, 28, 48], np.float32),
-        head_bbox=np.array([cx - 15, cy - 30, 30, 30], np.float32),
-        track_id=track,
-    )
+    return curve_person(track, cx + motion * t, cy)
 
 
 def build_video(root: str, name: str = "v0", *, static: bool = False) -> VideoDataset:

@@ -171,6 +171,72 @@ def test_markdown_tables_hold_the_numbers_with_the_best_in_bold(tmp_path):
     assert "**" not in one_row and f"{results['detection']['hrnet']['Total']:.1f} |" in one_row
 
 
+def test_other_measurements_are_tables(tmp_path):
+    results = make_results(seed=4)
+    causal = {c: 50.0 for c in COLUMNS} | {"Ankle": math.nan}
+    results["extra"] = {
+        "num_labeled": 12,
+        "note": "a|b",
+        "detection": {"posewarper_aggregation_causal": causal},
+        "counts": {"train_labeled_frames": 109, "val_videos": 4},
+        "coco": {"AP": {"all": 0.5, "medium": 0.25}, "runs": [1, 2]},
+        "trackers": {"iou": {"MOTA": 40.0, "Prec": 80.0}, "posewarper": {"MOTA": 45.5}},
+    }
+    report.write_report(str(tmp_path), results, CONFIG, TIMING, device="cpu")
+    md = (tmp_path / "report.md").read_text()
+    part = md.split("## Other measurements\n\n")[1].split("\n## ")[0]
+    expected = [
+        "| Measurement | Value |",
+        "|---|---:|",
+        "| num_labeled | 12 |",
+        "| note | a\\|b |",
+        "",
+        "### detection",
+        "",
+        "| Method | Head | Shoulder | Elbow | Wrist | Hip | Knee | Ankle | Total |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| PoseWarper temporal aggregation, causal (t−2..t) | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 "
+        "| 50.0 | n/a | 50.0 |",
+        "",
+        "### counts",
+        "",
+        "| Measurement | Value |",
+        "|---|---:|",
+        "| train_labeled_frames | 109 |",
+        "| val_videos | 4 |",
+        "",
+        "### coco",
+        "",
+        "| Measurement | Value |",
+        "|---|---:|",
+        "| AP.all | 0.5 |",
+        "| AP.medium | 0.25 |",
+        "| runs | `[1, 2]` |",
+        "",
+        "### trackers",
+        "",
+        "| Name | MOTA | Prec |",
+        "|---|---:|---:|",
+        "| iou | 40.0 | 80.0 |",
+        "| posewarper | 45.5 |  |",
+    ]
+    assert part.rstrip("\n").split("\n") == expected
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["extra"]["counts"] == results["extra"]["counts"]  # report.json unchanged
+
+
+def test_the_method_registry_names_the_jobs_methods_in_order():
+    from posewarper_jax import job, methods
+
+    assert methods.PROPAGATION == job.PROPAGATION == report.PROPAGATION_METHODS
+    assert methods.DETECTION == job.DETECTION == report.DETECTION_METHODS
+    assert report.SECTIONS == {"propagation": methods.PROPAGATION, "detection": methods.DETECTION}
+    assert list(report.METHOD_LABELS) == [*methods.PROPAGATION, *methods.DETECTION]
+    assert methods.by_name("farneback").title == report.METHOD_LABELS["farneback"]
+    for m in methods.METHODS:
+        assert m.section in report.SECTIONS and m.title and m.label and m.predicts and m.scores
+
+
 def test_report_from_the_run_config(tmp_path):
     import importlib.util
 

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import PT18
 
 from posewarper_jax.data.posetrack import load_posetrack18
 from posewarper_jax.data.sparse import (
@@ -18,9 +19,6 @@ from posewarper_jax.data.sparse import (
     write_sparse_subset,
 )
 from posewarper_jax.data.types import Frame, Person, Video, VideoDataset
-
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
-PT18 = os.path.join(FIXTURES, "posetrack18")
 
 # (number of frames, labeled frame indices) per video: a dense stretch, every 4th frame, an
 # unlabeled video, a few scattered labels, a fully labeled video, a single label.

@@ -91,15 +91,18 @@ def hand_built():
     return VideoDataset([vg, wg], "posetrack18", "/x"), VideoDataset([vp, wp], "posetrack18", "/x")
 
 
+def _assert_counts(out, **expected):
+    """Each of ``out["counts"]``'s named counts (every joint column) equals its value."""
+    for name, value in expected.items():
+        np.testing.assert_array_equal(out["counts"][name], value, err_msg=name)
+
+
 def test_hand_counted_mota_motp_precision_recall():
     gt, pred = hand_built()
     out = tracking.posetrack_tracking(gt, pred)
-    c = out["counts"]
-    np.testing.assert_array_equal(c["num_objects"], 10)
-    np.testing.assert_array_equal(c["num_misses"], 2)
-    np.testing.assert_array_equal(c["num_switches"], 2)
-    np.testing.assert_array_equal(c["num_false_positives"], 2)
-    np.testing.assert_array_equal(c["num_detections"], 8)
+    _assert_counts(
+        out, num_objects=10, num_misses=2, num_switches=2, num_false_positives=2, num_detections=8
+    )
     np.testing.assert_allclose(out["mota"], 40.0)
     np.testing.assert_allclose(out["motp"], 80.0, atol=1e-4)
     np.testing.assert_allclose(out["precision"], 80.0)
@@ -118,12 +121,9 @@ def test_last_frame_rule_and_distance_threshold():
     # no switch, as on frame 3 11 was on 1 and 10 was last on 2), 1 false positive; w's frame
     # 2 adds 1 object, 1 miss (6 is nowhere near), 1 false positive.
     out = tracking.posetrack_tracking(gt, pred, drop_last_frame=False)
-    c = out["counts"]
-    np.testing.assert_array_equal(c["num_objects"], 13)
-    np.testing.assert_array_equal(c["num_detections"], 10)
-    np.testing.assert_array_equal(c["num_switches"], 2)
-    np.testing.assert_array_equal(c["num_misses"], 3)
-    np.testing.assert_array_equal(c["num_false_positives"], 4)
+    _assert_counts(
+        out, num_objects=13, num_detections=10, num_switches=2, num_misses=3, num_false_positives=4
+    )
     np.testing.assert_allclose(out["mota"], 100 * (1 - 9 / 13))
     # A threshold below the 0.2 head sizes of every prediction: nothing matches.
     far = tracking.posetrack_tracking(gt, pred, dist_thresh=0.1)
@@ -141,8 +141,7 @@ def test_ignore_regions_remove_joints_and_empty_people():
     g.ignore_regions = [np.array([[cx - 20, cy - 20], [cx + 80, cy - 20], [cx + 80, cy + 60],
                                   [cx - 20, cy + 60]], np.float32)]  # fmt: skip
     out = tracking.posetrack_tracking(gt, pred)
-    np.testing.assert_array_equal(out["counts"]["num_objects"], 9)
-    np.testing.assert_array_equal(out["counts"]["num_detections"], 7)
+    _assert_counts(out, num_objects=9, num_detections=7)
     np.testing.assert_allclose(out["mota"], 100 * (1 - 6 / 9))
 
 

@@ -96,6 +96,7 @@ def _max_diff(a, b):
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow  # runs the runlocal job
 def test_both_stages_on_eight_devices_loss_finite_and_falling(data_root, tmp_path):
     assert jax.device_count() == 8
     c = tiny_config(data_root, lr=3e-3, max_steps=15)
@@ -148,6 +149,7 @@ def test_both_stages_on_eight_devices_loss_finite_and_falling(data_root, tmp_pat
     assert len([json.loads(x) for x in open(summary["metrics"])]) == len(records)
 
 
+@pytest.mark.slow  # runs the runlocal job
 def test_main_job_evaluates_and_writes_every_row_of_the_report(data_root, tmp_path):
     c = tiny_config(data_root, max_steps=2)
     c.sparse.every_k = 3  # unlabeled training frames for the pseudo labels
@@ -245,6 +247,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow  # runs the runlocal job
 def test_resume_after_sigkill_matches_uninterrupted_run(data_root, tmp_path):
     clean = str(tmp_path / "clean")
     killed = str(tmp_path / "killed")
@@ -281,6 +284,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(data_root, tmp_path):
 # ----------------------------------------------------------------------------- two processes
 
 
+@pytest.mark.slow  # runs the runlocal job
 def test_two_processes_match_one_process(data_root, tmp_path):
     env = _env()
     # Two devices either way (one per process, or two in one process) and the same global

@@ -19,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from conftest import curve_person, texture
 
 from posewarper_jax import experiment, training
-from posewarper_jax.data.types import NUM_JOINTS, Frame, Person, Video, VideoDataset
+from posewarper_jax.data.types import Frame, Person, Video, VideoDataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(ROOT, "configs", "sparse.py")
@@ -87,29 +88,10 @@ MOTION = 2.0  # px per frame, x
 BASE = {1: (32.0, 48.0), 2: (84.0, 45.0)}  # track -> (cx, cy) at t = 0
 
 
-def _texture(seed: int, h: int, w: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    grey = cv2.GaussianBlur(rng.integers(0, 256, (h, w)).astype(np.uint8), (0, 0), 2.0)
-    grey = cv2.normalize(grey, None, 0, 255, cv2.NORM_MINMAX)
-    return np.repeat(grey[:, :, None], 3, axis=2)
-
-
 def person(track: int, t: int, motion: float = MOTION) -> Person:
     """Track ``track`` on frame ``t``: 15 labeled joints on a curve, moving right."""
     cx, cy = BASE[track]
-    cx += motion * t
-    lin = np.linspace(0.0, 1.0, NUM_JOINTS)
-    kp = np.zeros((NUM_JOINTS, 3), np.float32)
-    kp[:, 0] = cx - 10 + 20 * lin
-    kp[:, 1] = cy - 20 + 40 * lin**2
-    kp[:, 2] = 1
-    kp[[3, 4]] = 0
-    return Person(
-        keypoints=kp,
-        bbox=np.array([cx - 14, cy - 24, 28, 48], np.float32),
-        head_bbox=np.array([cx - 15, cy - 30, 30, 30], np.float32),
-        track_id=track,
-    )
+    return curve_person(track, cx + motion * t, cy)
 
 
 def write_test_video(folder: str, name: str = "clip", n: int = N_FRAMES) -> tuple[str, str]:
@@ -120,7 +102,7 @@ def write_test_video(folder: str, name: str = "clip", n: int = N_FRAMES) -> tupl
     path = os.path.join(folder, f"{name}.mp4")
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 25, (W0, H0))
     for t in range(n):
-        image = _texture(t, H0, W0)
+        image = texture(t, H0, W0)
         cv2.imwrite(os.path.join(frames_dir, f"{t:06d}.png"), image)
         writer.write(image)
     writer.release()

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from posewarper_jax import methods as methods_lib
 from posewarper_jax.apps import draw, report_conditions, report_scoring
 from posewarper_jax.data.types import VideoDataset
 from posewarper_jax.eval.posetrack_map import COLUMNS
@@ -68,25 +69,13 @@ __all__ = [
     "write_report",
 ]
 
-PROPAGATION_METHODS: tuple[str, ...] = ("posewarper", "copy_nearest", "farneback", "hrnet_pseudo")
-DETECTION_METHODS: tuple[str, ...] = ("hrnet", "posewarper_aggregation", "hrnet_pseudo_augmented")
-SECTIONS: dict[str, tuple[str, ...]] = {
-    "propagation": PROPAGATION_METHODS,
-    "detection": DETECTION_METHODS,
-}
-SECTION_TITLES = {
-    "propagation": "Video pose propagation (unlabeled frames, ground-truth boxes)",
-    "detection": "Pose detection (frames of the validation videos)",
-}
-METHOD_LABELS: dict[str, str] = {
-    "posewarper": "PoseWarper (propagated labels)",
-    "copy_nearest": "Copy of the nearest labeled pose",
-    "farneback": "Farneback optical flow",
-    "hrnet_pseudo": "HRNet on every frame (pseudo-labeling)",
-    "hrnet": "HRNet, sparse labels",
-    "posewarper_aggregation": "PoseWarper temporal aggregation",
-    "hrnet_pseudo_augmented": "HRNet, sparse + propagated pseudo labels",
-}
+PROPAGATION_METHODS: tuple[str, ...] = methods_lib.PROPAGATION
+DETECTION_METHODS: tuple[str, ...] = methods_lib.DETECTION
+SECTIONS: dict[str, tuple[str, ...]] = dict(methods_lib.SECTIONS)
+SECTION_TITLES: dict[str, str] = dict(methods_lib.SECTION_TITLES)
+# The tables' row titles; ``_EXTRA_LABELS`` adds the methods reported under ``extra``.
+METHOD_LABELS: dict[str, str] = methods_lib.titles()
+_EXTRA_LABELS: dict[str, str] = methods_lib.titles(table_only=False)
 RESULT_KEYS = (
     "propagation",
     "detection",
@@ -438,8 +427,8 @@ def _is_table(value: Any) -> bool:
 
 def render_markdown(report: Mapping[str, Any], workdir: str = ".") -> str:
     """``report.md`` from a ``build_report`` dict: what was run, the two tables (paper's
-    column layout), other results, timings, pictures and prediction paths (links relative
-    to ``workdir``)."""
+    column layout), other results and measurements (tables), timings, pictures and
+    prediction paths (links relative to ``workdir``)."""
     config = report.get("config", {})
     extra = dict(report.get("extra", {}))
     out = ["# PoseWarper from sparse labels: results", ""]
@@ -467,9 +456,7 @@ def render_markdown(report: Mapping[str, Any], workdir: str = ".") -> str:
         out += ["## Other results (mAP, %)", "", markdown_table(tables), ""]
     others = {k: v for k, v in extra.items() if k not in tables}
     if others:
-        out += ["## Other measurements", ""]
-        out += [f"- {k}: `{json.dumps(v, sort_keys=True)}`" for k, v in others.items()]
-        out += [""]
+        out += ["## Other measurements", "", *_measurement_lines(others)]
     timing = report.get("timing_s", {})
     if timing:
         out += ["## Timing", "", "| Phase | Seconds |", "|---|---:|"]
@@ -484,6 +471,78 @@ def render_markdown(report: Mapping[str, Any], workdir: str = ".") -> str:
         out += _path_lines(predictions, workdir, indent="")
         out += [""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _cell(value: Any) -> str:
+    """One value in a Markdown table cell: numbers and text as they are (``|`` escaped), NaN
+    (``null``) as ``n/a``, a list or mapping as compact JSON in code."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, int | float):
+        text = str(value)
+    else:
+        text = f"`{json.dumps(value, sort_keys=True)}`"
+    return text.replace("|", "\\|")
+
+
+def _rows_of(value: Mapping[str, Any]) -> list[str] | None:
+    """The columns of a mapping of rows (name -> flat mapping), or None for another shape."""
+    if not value or not all(isinstance(r, Mapping) and r for r in value.values()):
+        return None
+    columns: list[str] = []
+    for row in value.values():
+        if any(isinstance(v, Mapping) for v in row.values()):
+            return None
+        columns += [c for c in row if c not in columns]
+    return columns
+
+
+def _flat_items(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, leaf value) of nested mappings; an empty mapping is one leaf."""
+    if not isinstance(value, Mapping) or not value:
+        return [(prefix, value)]
+    out = []
+    for k, v in value.items():
+        out += _flat_items(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
+
+
+def _measurement_lines(others: Mapping[str, Any]) -> list[str]:
+    """``report.md``'s "Other measurements" (``extra`` entries that are not mAP tables), as
+    tables: single values in one table, then one table per mapping (a mapping of mAP tables
+    as the methods' table, a mapping of flat rows with a column per key, any other mapping
+    by dotted key)."""
+    out: list[str] = []
+    single = {k: v for k, v in others.items() if not isinstance(v, Mapping) or not v}
+    if single:
+        out += ["| Measurement | Value |", "|---|---:|"]
+        out += [f"| {_cell(str(k))} | {_cell(v)} |" for k, v in single.items()]
+        out += [""]
+    for key, value in others.items():
+        if key in single:
+            continue
+        out += [f"### {key}", ""]
+        columns = _rows_of(value)
+        if columns is not None and all(_is_table(r) for r in value.values()):
+            out += [markdown_table(value, _EXTRA_LABELS), ""]
+        elif columns is not None:
+            out += [
+                "| Name | " + " | ".join(_cell(c) for c in columns) + " |",
+                "|---|" + "---:|" * len(columns),
+            ]
+            for name, row in value.items():
+                cells = [_cell(row[c]) if c in row else "" for c in columns]
+                out.append(f"| {_cell(str(name))} | " + " | ".join(cells) + " |")
+            out += [""]
+        else:
+            out += ["| Measurement | Value |", "|---|---:|"]
+            out += [f"| {_cell(k)} | {_cell(v)} |" for k, v in _flat_items(value)]
+            out += [""]
+    return out
 
 
 def _path_lines(paths: Any, workdir: str, indent: str) -> list[str]:
@@ -535,8 +594,7 @@ def write_report(
     report = build_report(results, config, timing, figures=figures, device=device)
     _makedirs(workdir)
     # allow_nan=False: a NaN that slipped through would make invalid JSON; fail instead.
-    text = json.dumps(report, indent=2, allow_nan=False)
-    _atomic_write(_join(workdir, "report.json"), text + "\n")
+    _write_json(_join(workdir, "report.json"), report)
     _atomic_write(_join(workdir, "report.md"), render_markdown(report, workdir))
     return report
 
@@ -545,6 +603,12 @@ def _atomic_write(path: str, text: str | bytes) -> None:
     from posewarper_jax import fileio
 
     fileio.atomic_write(path, text)
+
+
+def _write_json(path: str, data: Any) -> None:
+    from posewarper_jax import fileio
+
+    fileio.write_json(path, data, indent=2, allow_nan=False, newline=True)
 
 
 def _makedirs(folder: str) -> None:

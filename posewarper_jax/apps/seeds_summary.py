@@ -35,6 +35,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from posewarper_jax import methods
+
 __all__ = [
     "DIFFERENCES",
     "SEED_FIELDS",
@@ -46,19 +48,10 @@ COLUMNS = ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Total"
 TRACKING_COLUMNS = ("MOTA", "MOTP", "Prec", "Rec")
 VIEWS = ("map", "map_constant_scores", "pckh")
 VIEW_LABELS = {"map": "mAP", "map_constant_scores": "mAP, constant scores", "pckh": "PCKh@0.5"}
-PROPAGATION = ("posewarper", "copy_nearest", "farneback", "hrnet_pseudo")
-DETECTION = ("hrnet", "posewarper_aggregation", "posewarper_aggregation_causal",
-             "hrnet_pseudo_augmented")  # fmt: skip
-LABELS = {
-    "posewarper": "PoseWarper",
-    "copy_nearest": "copy nearest label",
-    "farneback": "Farneback flow",
-    "hrnet_pseudo": "HRNet pseudo labels",
-    "hrnet": "HRNet (sparse labels)",
-    "posewarper_aggregation": "PoseWarper aggregation",
-    "posewarper_aggregation_causal": "PoseWarper aggregation, causal (t−2..t)",
-    "hrnet_pseudo_augmented": "HRNet (sparse + pseudo labels)",
-}
+# Every method the job measures (``methods``): the report's rows and those under ``extra``.
+PROPAGATION = methods.PROPAGATION_ALL
+DETECTION = methods.DETECTION_ALL
+LABELS = methods.labels()
 TRACKER_LABELS = {"posewarper": "PoseWarper motion model", "iou": "box IoU"}
 # Config fields that differ between the draws of one sweep.
 SEED_FIELDS = ("data.synthetic_seed", "data.root", "pretrain.root")

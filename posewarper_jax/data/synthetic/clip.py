@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import tempfile
 import cv2
 import numpy as np
 
-from posewarper_jax import cli
+from posewarper_jax import cli, fileio
 from posewarper_jax.apps.outputs import run_command, staged, staged_file
 from posewarper_jax.data import posetrack
 from posewarper_jax.data.synthetic.config import get_config
@@ -86,8 +85,7 @@ def make_clip(
     with staged(gt_dir) as tmp:
         posetrack.write_posetrack18(dataclasses.replace(gt, root=root), tmp)
     with staged_file(boxes_file or default_boxes_file(out)) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(boxes, f)
+        fileio.write_json(tmp, boxes, indent=None)
     return gt
 
 
@@ -128,8 +126,7 @@ def fill_labels(template: str, gt_file: str, out: str) -> int:
             )
     data["annotations"] = annotations
     with staged_file(out) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
+        fileio.write_json(tmp, data, indent=1)
     return len(annotations)
 
 

@@ -27,7 +27,7 @@ import uuid
 import cv2
 import numpy as np
 
-from posewarper_jax import storage
+from posewarper_jax import fileio, storage
 from posewarper_jax.data import posetrack
 from posewarper_jax.data.synthetic.config import (
     GENERATOR_VERSION,
@@ -352,8 +352,7 @@ def generate(
         tmp = os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}")
         try:
             info = _generate_into(tmp, cfg, workers=workers, progress=progress)
-            with open(os.path.join(tmp, "info.json"), "w", encoding="utf-8") as f:
-                json.dump(info, f, indent=1)
+            fileio.write_json(os.path.join(tmp, "info.json"), info, indent=1)
             old = None
             if os.path.exists(root):
                 old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
@@ -379,8 +378,7 @@ def _generate_remote(root: str, cfg: SyntheticConfig, *, workers: int, progress:
     with tempfile.TemporaryDirectory(prefix="posewarper-synthetic-") as tmp:
         local = os.path.join(tmp, "data")
         info = _generate_into(local, cfg, workers=workers, progress=progress)
-        with open(os.path.join(local, "info.json"), "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=1)
+        fileio.write_json(os.path.join(local, "info.json"), info, indent=1)
         storage.remove(os.path.join(root, "info.json"))  # incomplete until uploaded again
         storage.upload_tree(local, root, last=("info.json",))
     return root
