@@ -11,7 +11,7 @@ tests and side-by-side benchmarks.
   offsets conv (dilation d, padding d, no bias, zero init, ``J * 18`` channels) and a 3x3
   deformable conv J -> J (dilation d, padding d, J deformable groups, no bias, identity
   init) of the maps to warp; output the mean over the dilations. BatchNorm momentum 0.1,
-  eps 1e-5. Its ``state_dict`` keys are ``posewarper_jax.models.warping.head_torch_keys``
+  eps 1e-5. Its ``state_dict`` keys are ``posewarper_jax.convert.head_keys.head_torch_keys``
   (official layout).
 * ``TorchPoseWarper``: the frozen backbone (eval mode, no gradient) on frames A and B of
   each pair, then the head on ``psi = f_A - f_B`` warping ``f_B``.

@@ -20,12 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from posewarper_jax.models.warping import (
-    WarpingHead,
-    get_head_config,
-    head_key_map,
-    head_torch_keys,
-)
+from posewarper_jax.convert.head_keys import head_key_map, head_torch_keys
+from posewarper_jax.models.warping import WarpingHead, get_head_config
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TORCH = importlib.util.find_spec("torch") is not None

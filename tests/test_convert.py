@@ -23,9 +23,11 @@ import numpy as np
 import pytest
 
 from posewarper_jax import convert
-from posewarper_jax.models.hrnet import HRNet, expected_torch_state_dict_shapes, get_hrnet_config
+from posewarper_jax.convert.head_keys import head_torch_keys
+from posewarper_jax.convert.hrnet_keys import expected_torch_state_dict_shapes
+from posewarper_jax.models.hrnet import HRNet, get_hrnet_config
 from posewarper_jax.models.posewarper import PoseWarper
-from posewarper_jax.models.warping import WarpingHead, get_head_config, head_torch_keys
+from posewarper_jax.models.warping import WarpingHead, get_head_config
 from posewarper_jax.ops import deform_conv2d_multi
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,47 +4,60 @@ The reference is a compact PyTorch re-implementation of the official ``PoseHighR
 (``lib/models/pose_hrnet.py``) written from torch primitives, with the stem width, layer1
 depth, module and block counts made configurable: ``TorchHRNet`` in
 ``benchmarks/torch_posewarper.py``. Its ``state_dict`` keys come from torch itself, so they
-check the key mapping too.
+check the key mapping (``posewarper_jax.convert.hrnet_keys``) too. Without torch (it is
+optional) the tests that need the reference are skipped and the others run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from posewarper_jax.convert.hrnet_keys import (
+    count_torch_parameters,
+    expected_torch_state_dict_shapes,
+    flax_path_to_torch_key,
+    torch_key_to_flax_path,
+    variables_from_torch_state_dict,
+)
 from posewarper_jax.models.hrnet import (
     HRNET_VARIANTS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     HRNet,
     HRNetConfig,
-    count_torch_parameters,
-    expected_torch_state_dict_shapes,
-    flax_path_to_torch_key,
     get_hrnet_config,
-    torch_key_to_flax_path,
-    variables_from_torch_state_dict,
 )
-
-# The reference below is written in torch: without it (it is optional, see the README) this
-# module is skipped as a whole.
-torch = pytest.importorskip("torch")
-tnn = torch.nn
-
-from benchmarks.torch_posewarper import TorchHRNet  # noqa: E402  (needs torch)
 
 TINY = get_hrnet_config("tiny")
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _randomize(model: tnn.Module, seed: int) -> None:
+def _torch():
+    """PyTorch, in which the reference is written: without it (it is optional, see the
+    README) the calling test is skipped; the tests without the reference run."""
+    return pytest.importorskip("torch")
+
+
+def _torch_hrnet(config: HRNetConfig) -> Any:
+    """The torch port of HRNet for ``config`` (``TorchHRNet``); needs torch."""
+    _torch()
+    from benchmarks.torch_posewarper import TorchHRNet
+
+    return TorchHRNet(config)
+
+
+def _randomize(model: Any, seed: int) -> None:
     """Non-trivial weights and running statistics (convs scaled by 1/sqrt(fan_in))."""
+    torch = _torch()
+    tnn = torch.nn
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for mod in model.modules():
@@ -61,7 +74,7 @@ def _randomize(model: tnn.Module, seed: int) -> None:
                 mod.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
 
 
-def _numpy_state_dict(model: tnn.Module) -> dict[str, np.ndarray]:
+def _numpy_state_dict(model: Any) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
@@ -88,13 +101,14 @@ def _rel_err(a, b) -> float:
     [("w32", (256, 192), 28.5e6), ("w48", (384, 288), 63.6e6)],
 )
 def test_parameter_count_matches_published(name, size, published):
+    torch = _torch()
     cfg = get_hrnet_config(name)
     x = jax.ShapeDtypeStruct((1, *size, 3), jnp.uint8)
     shapes = jax.eval_shape(HRNet(cfg).init, jax.random.key(0), x)
     n_flax = sum(math.prod(v.shape) for v in jax.tree.leaves(shapes["params"]))
     n_walk = count_torch_parameters(cfg)
     with torch.device("meta"):
-        n_torch = sum(p.numel() for p in TorchHRNet(cfg).parameters())
+        n_torch = sum(p.numel() for p in _torch_hrnet(cfg).parameters())
     assert n_flax == n_walk == n_torch
     assert abs(n_flax - published) / published < 0.005, n_flax
 
@@ -129,9 +143,10 @@ def test_conv_multiply_adds_match_published(name, size, published):
 
 @pytest.mark.parametrize("name", ["tiny", "small", "w32"])
 def test_expected_state_dict_matches_torch_port(name):
+    torch = _torch()
     cfg = get_hrnet_config(name)
     with torch.device("meta"):
-        sd = TorchHRNet(cfg).state_dict()
+        sd = _torch_hrnet(cfg).state_dict()
     got = {k: tuple(v.shape) for k, v in sd.items()}
     assert got == expected_torch_state_dict_shapes(cfg)
     assert list(got) == list(expected_torch_state_dict_shapes(cfg))  # same order too
@@ -263,7 +278,8 @@ def test_init_follows_official_scheme():
 
 @pytest.fixture(scope="module")
 def torch_tiny():
-    model = TorchHRNet(TINY)
+    torch = _torch()
+    model = _torch_hrnet(TINY)
     _randomize(model, seed=0)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 96, 64, generator=g)  # non-square: catches H/W swaps
@@ -271,6 +287,7 @@ def torch_tiny():
 
 
 def test_eval_matches_torch(torch_tiny):
+    torch = _torch()
     model, x = torch_tiny
     model.eval()
     with torch.no_grad():
@@ -283,6 +300,7 @@ def test_eval_matches_torch(torch_tiny):
 
 
 def test_train_mode_matches_torch_and_updates_stats(torch_tiny):
+    torch = _torch()
     model, x = torch_tiny
     before = _numpy_state_dict(model)
     variables = variables_from_torch_state_dict(before, TINY)
@@ -312,7 +330,7 @@ def test_train_mode_matches_torch_and_updates_stats(torch_tiny):
 
 def test_batch_stats_momentum_and_eval_is_pure():
     """bn1's update checked against a direct computation: conv1 via lax.conv_general_dilated."""
-    model = TorchHRNet(TINY)
+    model = _torch_hrnet(TINY)
     _randomize(model, seed=3)
     variables = variables_from_torch_state_dict(_numpy_state_dict(model), TINY)
     x = jax.random.normal(jax.random.key(5), (2, 64, 64, 3))
@@ -339,7 +357,7 @@ def test_batch_stats_momentum_and_eval_is_pure():
 
 
 def test_uint8_input_is_normalized_inside():
-    model = TorchHRNet(TINY)
+    model = _torch_hrnet(TINY)
     _randomize(model, seed=4)
     variables = variables_from_torch_state_dict(_numpy_state_dict(model), TINY)
     rng = np.random.default_rng(0)
@@ -352,7 +370,7 @@ def test_uint8_input_is_normalized_inside():
 
 
 def test_bfloat16_compute_close_to_float32():
-    model = TorchHRNet(TINY)
+    model = _torch_hrnet(TINY)
     _randomize(model, seed=6)
     variables = variables_from_torch_state_dict(_numpy_state_dict(model), TINY)
     x = jax.random.normal(jax.random.key(7), (2, 64, 64, 3))

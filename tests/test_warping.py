@@ -12,15 +12,13 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from posewarper_jax.convert.head_keys import head_key_map, head_param_count, head_torch_keys
 from posewarper_jax.models.warping import (
     HEAD_VARIANTS,
     WarpingHead,
     WarpingHeadConfig,
     _OffsetFeatures,
     get_head_config,
-    head_key_map,
-    head_param_count,
-    head_torch_keys,
 )
 from posewarper_jax.ops import deform_conv2d
 
