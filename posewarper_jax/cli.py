@@ -10,7 +10,7 @@ The line names the file, field or value at fault and, where there is one, what t
 ``--debug`` shows the traceback instead. Anything else (a bug) keeps its traceback.
 
 Expected failures are instances of ``ExpectedError`` (the project's error classes derive from
-it: ``experiment.ConfigError``, ``posetrack.AnnotationError``, ``pipeline.BadImageError``,
+it: ``experiment.ConfigError``, ``formats.AnnotationError``, ``pipeline.BadImageError``,
 ``convert.ConversionError``, ...) and ``OSError``\\ s of the storage itself (``STORAGE_ERRNOS``:
 no space, quota, read-only file system, no permission). A new command line gets the style
 with::

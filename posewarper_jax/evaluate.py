@@ -22,7 +22,8 @@ import os
 import sys
 
 from posewarper_jax import cli, fileio, storage
-from posewarper_jax.data.posetrack import AnnotationError, detect_format, load_dataset
+from posewarper_jax.data.annotations import detect_format, load_dataset
+from posewarper_jax.data.formats import AnnotationError
 from posewarper_jax.data.types import Video, VideoDataset
 from posewarper_jax.eval.posetrack_map import (
     MISSING_SCORE_MODES,

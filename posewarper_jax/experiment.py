@@ -205,11 +205,11 @@ def pretrain_root(config: mlc.ConfigDict) -> str:
 def pretrain_dataset(config: mlc.ConfigDict) -> VideoDataset:
     """The pre-training set of ``config.pretrain`` (``ensure_data`` generates the synthetic one):
     every frame labeled, all of it used."""
-    from posewarper_jax.data import posetrack, synthetic
+    from posewarper_jax.data import coco, synthetic
 
     p, root = config.pretrain, pretrain_root(config)
     if p.data == "coco":
-        return posetrack.load_coco_keypoints(p.ann, root)
+        return coco.load_coco_keypoints(p.ann, root)
     return synthetic.load_split(root, "train")
 
 
@@ -273,12 +273,12 @@ def synthetic_config(config: mlc.ConfigDict):
 
 def load_split(config: mlc.ConfigDict, split: str) -> VideoDataset:
     """The full annotation of ``split`` ("train" or "val")."""
-    from posewarper_jax.data import posetrack
+    from posewarper_jax.data import posetrack17, posetrack18
 
     ann = data_path(config, config.data[f"{split}_ann"])
     if config.data.kind == "posetrack17":
-        return posetrack.load_posetrack17(ann, config.data.root)
-    return posetrack.load_posetrack18(ann, config.data.root)
+        return posetrack17.load_posetrack17(ann, config.data.root)
+    return posetrack18.load_posetrack18(ann, config.data.root)
 
 
 def eval_split(config: mlc.ConfigDict) -> str:

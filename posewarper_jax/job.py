@@ -310,7 +310,7 @@ DETECTION = ("hrnet", "posewarper_aggregation", "hrnet_pseudo_augmented")
 
 def _scored(workdir, section, name, gt, compute, timing, image_root):
     """(mAP table, predictions) of one method, from disk when an earlier run finished it."""
-    from posewarper_jax.data import posetrack
+    from posewarper_jax.data import posetrack18
     from posewarper_jax.eval import posetrack_map
     from posewarper_jax.eval.predictions import write_poseval_predictions
 
@@ -318,7 +318,7 @@ def _scored(workdir, section, name, gt, compute, timing, image_root):
     score_file = storage.join(workdir, "eval", f"{section}_{name}.json")
     if storage.exists(score_file):
         table = json.loads(storage.read_text(score_file))
-        pred = posetrack.load_posetrack18(pred_dir, image_root)
+        pred = posetrack18.load_posetrack18(pred_dir, image_root)
         return table, pred, pred_dir
     t = time.perf_counter()
     pred = compute()

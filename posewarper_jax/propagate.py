@@ -111,7 +111,7 @@ def frames_on_disk(source: video_frames.FrameSource, scratch: str) -> tuple[list
 def run(args: argparse.Namespace) -> dict:
     """The command (module docstring); returns a summary."""
     from posewarper_jax.apps import dense_labels, overlay, trained
-    from posewarper_jax.data import posetrack
+    from posewarper_jax.data import coco, posetrack18
     from posewarper_jax.data.types import VideoDataset
 
     _check_args(args)
@@ -165,11 +165,11 @@ def run(args: argparse.Namespace) -> dict:
             "relabel_threshold": args.relabel_threshold,
         }
         with staged(args.out) as tmp:
-            posetrack.write_posetrack18(
+            posetrack18.write_posetrack18(
                 VideoDataset([video], "posetrack18", dense.root), os.path.join(tmp, POSETRACK_DIR)
             )
             with open(os.path.join(tmp, COCO_FILE), "w", encoding="utf-8") as f:
-                json.dump(dense_labels.coco_keypoints_json(dense, labeled), f)
+                json.dump(coco.coco_keypoints_json(dense, labeled), f)
             relabel = {
                 "settings": settings,
                 "labeled_frames": [i for i, v in enumerate(flags) if v],

@@ -76,7 +76,7 @@ def video_dataset(source: video_frames.FrameSource, paths, root: str):
 
 def run(args: argparse.Namespace) -> dict:
     from posewarper_jax.apps import dense_labels, detect_track, overlay, trained
-    from posewarper_jax.data import detections, posetrack
+    from posewarper_jax.data import coco, detections, posetrack18
 
     if args.overlay and not args.overlay.lower().endswith((".mp4", ".m4v", ".mov", ".avi")):
         raise ValueError(f"--overlay {args.overlay}: give a video file name ending in .mp4")
@@ -117,9 +117,9 @@ def run(args: argparse.Namespace) -> dict:
         tracked = detect_track.keep_confident_joints(tracked, args.min_score)
         video = tracked.videos[0]
         with staged(args.out) as tmp:
-            posetrack.write_posetrack18(tracked, os.path.join(tmp, "posetrack18"))
+            posetrack18.write_posetrack18(tracked, os.path.join(tmp, "posetrack18"))
             with open(os.path.join(tmp, "coco.json"), "w", encoding="utf-8") as f:
-                json.dump(dense_labels.coco_keypoints_json(tracked), f)
+                json.dump(coco.coco_keypoints_json(tracked), f)
         flags = [False] * video.nframes
         if args.overlay:
             overlay.write_overlay_video(

@@ -12,13 +12,11 @@ import pytest
 from conftest import COCO_FILE, PT17, PT18
 
 from posewarper_jax import evaluate
+from posewarper_jax.data.coco import load_coco_keypoints
 from posewarper_jax.data.detections import load_detections
-from posewarper_jax.data.posetrack import (
-    AnnotationError,
-    load_coco_keypoints,
-    load_posetrack17,
-    load_posetrack18,
-)
+from posewarper_jax.data.formats import AnnotationError
+from posewarper_jax.data.posetrack17 import load_posetrack17
+from posewarper_jax.data.posetrack18 import load_posetrack18
 
 PT18_FILE = os.path.join("annotations", "val", "000001_bonn_test.json")
 PT17_FILE = os.path.join("annotations", "val", "000003_mpii_relpath_5sec_testsub.json")

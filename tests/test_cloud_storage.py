@@ -237,7 +237,7 @@ def test_report_and_scoring_on_a_bucket(bucket, tmp_path):
 
     from posewarper_jax import evaluate
     from posewarper_jax.apps import report
-    from posewarper_jax.data import posetrack
+    from posewarper_jax.data import posetrack18
 
     gt, preds = make_datasets(tmp_path)
     results = make_results()
@@ -250,12 +250,12 @@ def test_report_and_scoring_on_a_bucket(bucket, tmp_path):
 
     # evaluate: ground truth and predictions on the bucket, the result written there.
     folder = f"gs://{BUCKET}/scored"
-    posetrack.write_posetrack18(gt, f"{folder}/gt")
+    posetrack18.write_posetrack18(gt, f"{folder}/gt")
     method = next(iter(preds))
-    posetrack.write_posetrack18(preds[method], f"{folder}/pred")
+    posetrack18.write_posetrack18(preds[method], f"{folder}/pred")
     local = tmp_path / "local"
-    posetrack.write_posetrack18(gt, str(local / "gt"))
-    posetrack.write_posetrack18(preds[method], str(local / "pred"))
+    posetrack18.write_posetrack18(gt, str(local / "gt"))
+    posetrack18.write_posetrack18(preds[method], str(local / "pred"))
     for where in (folder, str(local)):
         argv = [f"--gt={where}/gt", f"--pred={where}/pred", f"--out={where}/scores.json"]
         assert evaluate.main(argv) == 0

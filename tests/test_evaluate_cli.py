@@ -19,7 +19,8 @@ import pytest
 
 from posewarper_jax import evaluate
 from posewarper_jax.data import transforms as T
-from posewarper_jax.data.posetrack import load_posetrack18, write_posetrack17, write_posetrack18
+from posewarper_jax.data.posetrack17 import write_posetrack17
+from posewarper_jax.data.posetrack18 import load_posetrack18, write_posetrack18
 from posewarper_jax.data.types import JOINT_NAMES, Frame, Person, Video, VideoDataset
 from posewarper_jax.eval.nms import rescore
 from posewarper_jax.eval.posetrack_map import posetrack_map

@@ -15,18 +15,12 @@ import numpy as np
 import pytest
 from conftest import COCO, COCO_FILE, PT17, PT18
 
+from posewarper_jax.data.annotations import detect_format, load_dataset
+from posewarper_jax.data.coco import load_coco_keypoints
 from posewarper_jax.data.detections import boxes_for_pair, load_detections
-from posewarper_jax.data.posetrack import (
-    AnnotationError,
-    box_from_keypoints,
-    detect_format,
-    load_coco_keypoints,
-    load_dataset,
-    load_posetrack17,
-    load_posetrack18,
-    write_posetrack17,
-    write_posetrack18,
-)
+from posewarper_jax.data.formats import AnnotationError, box_from_keypoints
+from posewarper_jax.data.posetrack17 import load_posetrack17, write_posetrack17
+from posewarper_jax.data.posetrack18 import load_posetrack18, write_posetrack18
 from posewarper_jax.data.types import JOINT_NAMES, PT17_TO_PT18
 
 PT18_ANN = os.path.join(PT18, "annotations", "val")

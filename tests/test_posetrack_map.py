@@ -15,12 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from posewarper_jax.data.posetrack import (
-    load_posetrack17,
-    load_posetrack18,
-    write_posetrack17,
-    write_posetrack18,
-)
+from posewarper_jax.data.posetrack17 import load_posetrack17, write_posetrack17
+from posewarper_jax.data.posetrack18 import load_posetrack18, write_posetrack18
 from posewarper_jax.data.types import JOINT_NAMES, PT17_TO_PT18, Frame, Person, Video, VideoDataset
 from posewarper_jax.eval.posetrack_map import (
     COLUMNS,

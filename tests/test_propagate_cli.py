@@ -25,7 +25,7 @@ from user_video import (
 
 from posewarper_jax import evaluate, experiment, label, propagate
 from posewarper_jax.apps import dense_labels, propagation, propagation_eval, trained
-from posewarper_jax.data import posetrack
+from posewarper_jax.data import posetrack18
 from posewarper_jax.eval import posetrack_map
 
 LABELED = (0, 7)
@@ -201,8 +201,8 @@ def test_cli_scores_equal_the_main_jobs_propagation(synthetic, tmp_path, capsys)
 
     (video,) = val.videos
     labels_dir, held_dir = tmp_path / "labels", tmp_path / "held"
-    (labels_file,) = posetrack.write_posetrack18(val_sparse, str(labels_dir))
-    posetrack.write_posetrack18(val_held, str(held_dir))
+    (labels_file,) = posetrack18.write_posetrack18(val_sparse, str(labels_dir))
+    posetrack18.write_posetrack18(val_held, str(held_dir))
     frames_dir = os.path.dirname(video.frames[0].path)
     # label reads the embedded frames too.
     assert label.main(["--video", frames_dir, "--every", "3", "--out", str(tmp_path / "job")]) == 0
@@ -220,7 +220,7 @@ def test_cli_scores_equal_the_main_jobs_propagation(synthetic, tmp_path, capsys)
     assert cli_table == pytest.approx(job_table, abs=1e-9, nan_ok=True)
     assert 0 < job_table["Total"] < 100
     # Frame by frame, the same poses.
-    cli = posetrack.load_posetrack18(str(out / "posetrack18"), root)
+    cli = posetrack18.load_posetrack18(str(out / "posetrack18"), root)
     for frame, jframe in zip(cli.videos[0].frames, job_pred.videos[0].frames):
         if not jframe.people:
             continue

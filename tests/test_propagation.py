@@ -23,7 +23,7 @@ from conftest import texture as _texture
 from posewarper_jax import experiment, training
 from posewarper_jax.apps import baselines, propagation
 from posewarper_jax.data import pipeline as pl
-from posewarper_jax.data import posetrack, sparse
+from posewarper_jax.data import posetrack18, sparse
 from posewarper_jax.data.types import NUM_JOINTS, Frame, Person, Video, VideoDataset
 from posewarper_jax.eval import posetrack_map
 
@@ -253,8 +253,8 @@ def test_identity_head_returns_quantised_source_keypoints(model_and_variables, v
             np.testing.assert_allclose(pa.keypoints, pb.keypoints, atol=1e-4)
             np.testing.assert_allclose(pa.keypoint_scores, pb.keypoint_scores, atol=1e-6)
     # Writable as PoseTrack18 and read back unchanged.
-    posetrack.write_posetrack18(pred, str(tmp_path / "pred"))
-    back = posetrack.load_posetrack18(str(tmp_path / "pred"), pred.root)
+    posetrack18.write_posetrack18(pred, str(tmp_path / "pred"))
+    back = posetrack18.load_posetrack18(str(tmp_path / "pred"), pred.root)
     for fa, fb in zip(pred.videos[0].frames, back.videos[0].frames):
         assert len(fa.people) == len(fb.people)
         for pa, pb in zip(fa.people, fb.people):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import PT18
 
-from posewarper_jax.data.posetrack import load_posetrack18
+from posewarper_jax.data.posetrack18 import load_posetrack18
 from posewarper_jax.data.sparse import (
     evenly_spaced,
     make_sparse_subset,

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from posewarper_jax.data import posetrack
+from posewarper_jax.data import posetrack18
 from posewarper_jax.data import synthetic as syn
 from posewarper_jax.data.synthetic import __main__ as cli
 from posewarper_jax.data.synthetic import body, render
@@ -282,7 +282,7 @@ def test_written_json_reads_back(tiny_root):
     info = json.load(open(os.path.join(tiny_root, "info.json")))
     assert info["preset"] == "tiny" and info["version"] == syn.GENERATOR_VERSION
     for split, n_videos in (("train", cfg.num_train_videos), ("val", cfg.num_val_videos)):
-        ds = posetrack.load_posetrack18(
+        ds = posetrack18.load_posetrack18(
             os.path.join(tiny_root, "annotations", split), tiny_root, check_images=True
         )
         assert len(ds.videos) == n_videos == info["splits"][split]["videos"]
@@ -359,7 +359,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
         calls.append(1)
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(gen.posetrack, "write_posetrack18", fail)
+    monkeypatch.setattr(gen.posetrack18, "write_posetrack18", fail)
     with pytest.raises(RuntimeError, match="interrupted"):
         syn.generate(str(tmp_path / "x"), _SMALL, workers=1, progress=False)
     assert calls and os.listdir(tmp_path) == [".x.lock"]

@@ -15,7 +15,7 @@ from user_video import ROOT, ground_truth, shared_workdir, tiny_config, write_te
 
 from posewarper_jax import track as track_cli
 from posewarper_jax.apps import detect_track, tracker
-from posewarper_jax.data import posetrack
+from posewarper_jax.data import posetrack18
 from posewarper_jax.data.types import NUM_JOINTS, Frame, Person, Video, VideoDataset
 from posewarper_jax.eval import tracking
 
@@ -165,7 +165,7 @@ def test_track_command_on_a_video_and_evaluate_track(tmp_path, capsys):
     assert os.path.getsize(tmp_path / "t.mp4") > 0
     # Scored with poseval's tracking metrics against the ground truth, by file.
     gt_dir = tmp_path / "gt"
-    posetrack.write_posetrack18(gt, str(gt_dir))
+    posetrack18.write_posetrack18(gt, str(gt_dir))
     run = subprocess.run(
         [sys.executable, "-m", "posewarper_jax.evaluate", "--gt", str(gt_dir), "--pred",
          str(out / "posetrack18"), "--track"], capture_output=True, text=True, cwd=ROOT,

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from posewarper_jax.data import posetrack
+from posewarper_jax.data import posetrack18
 from posewarper_jax.data.types import NUM_JOINTS, Frame, Person, Video, VideoDataset
 from posewarper_jax.eval import tracking
 
@@ -167,7 +167,7 @@ def _write(ds: VideoDataset, folder: str) -> None:
     for video in ds.videos:
         for frame in video.frames:
             frame.path = os.path.join(folder, "images", video.name, os.path.basename(frame.path))
-    posetrack.write_posetrack18(VideoDataset(ds.videos, ds.fmt, folder), folder)
+    posetrack18.write_posetrack18(VideoDataset(ds.videos, ds.fmt, folder), folder)
 
 
 def test_evaluate_cli_track(tmp_path):

@@ -13,7 +13,8 @@ import pytest
 
 from posewarper_jax import label
 from posewarper_jax.data import user_labels, video_frames
-from posewarper_jax.data.posetrack import COCO_JOINT_NAMES, AnnotationError
+from posewarper_jax.data.coco import COCO_JOINT_NAMES
+from posewarper_jax.data.formats import AnnotationError
 from posewarper_jax.data.types import JOINT_NAMES, NUM_JOINTS
 
 H, W, N = 48, 64, 16

@@ -728,7 +728,7 @@ def propagate_labels(
     Returns:
       Predictions shaped like ``labeled`` (``predictions_from_plan``): keypoints in B's image
       pixels, joint score = warped heatmap maximum (0 and unlabeled where the source lacks
-      the joint), person score 1; write with ``posetrack.write_posetrack18``, score with
+      the joint), person score 1; write with ``posetrack18.write_posetrack18``, score with
       ``posetrack_map(held_back, select_videos(pred, held_back))``.
     """
     if plan is None:

@@ -13,8 +13,9 @@ import os
 import numpy as np
 
 from posewarper_jax import storage
-from posewarper_jax.data.posetrack import (
+from posewarper_jax.data.formats import (
     AnnotationError,
+    _box_size_checked,
     _get,
     _integer,
     _number,
@@ -92,11 +93,7 @@ def load_detections(
             _get(record, "image_id", where)  # Raises: no way to place this record.
         score = _number(_get(record, "score", where), where, "score")
         box = _numbers(_get(record, "bbox", where), where, "bbox", 4).astype(np.float32)
-        if box[2] < 0 or box[3] < 0:
-            raise AnnotationError(
-                f"{where}: field 'bbox' {box.tolist()} has a negative width or height "
-                "(expected [x, y, w, h] with w, h >= 0)"
-            )
+        box = _box_size_checked(box, where, "bbox")
         if frame is None:
             continue
         matched += 1

@@ -17,13 +17,8 @@ import os
 import numpy as np
 
 from posewarper_jax import storage
-from posewarper_jax.data.posetrack import (
-    _output_names,
-    _write_json,
-    load_posetrack18,
-    read_json,
-    write_posetrack18,
-)
+from posewarper_jax.data.formats import _output_names, _write_json, read_json
+from posewarper_jax.data.posetrack18 import load_posetrack18, write_posetrack18
 from posewarper_jax.data.types import Frame, Person, Video, VideoDataset
 
 MANIFEST = "subset.json"

@@ -31,7 +31,7 @@ annotation's ``attributes.track_id``, frames named ``frame_000014.jpg``):
   has a positive size, else the labeled joints' box enlarged 1.3x; ``bbox_head`` is kept.
   People without labeled joints are dropped.
 
-Errors (``posetrack.AnnotationError``, a ``ValueError``) name the file, the record and what is
+Errors (``formats.AnnotationError``, a ``ValueError``) name the file, the record and what is
 wrong: a frame the video does not have, a joint count other than 17, joint names that do not
 map, a track id twice on one frame, no labeled person at all.
 """
@@ -43,16 +43,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from posewarper_jax.data.posetrack import (
-    _PT18_FILE_SKELETON,
-    COCO_JOINT_NAMES,
+from posewarper_jax.data.coco import COCO_JOINT_NAMES
+from posewarper_jax.data.formats import (
     AnnotationError,
     _box,
     _flag,
     _get,
+    _image_record,
     _integer,
     _records,
     box_from_keypoints,
+    person_category,
     read_json,
 )
 from posewarper_jax.data.types import JOINT_NAMES, NUM_JOINTS, Frame, Person, Video, VideoDataset
@@ -79,16 +80,6 @@ def frames_to_label(nframes: int, every: int, first: int = 0) -> list[int]:
     return list(range(first, nframes, every))
 
 
-def _category() -> dict:
-    return {
-        "supercategory": "person",
-        "id": 1,
-        "name": "person",
-        "keypoints": list(JOINT_NAMES),
-        "skeleton": [list(limb) for limb in _PT18_FILE_SKELETON],
-    }
-
-
 def label_templates(
     source: FrameSource, frames: Sequence[int], image_name: str = "{index:06d}.jpg"
 ) -> tuple[dict, dict]:
@@ -111,7 +102,7 @@ def label_templates(
             for i in frames
         ],
         "annotations": [],
-        "categories": [_category()],
+        "categories": [person_category()],
     }
     wanted = set(frames)
     posetrack = {
@@ -127,7 +118,7 @@ def label_templates(
             for i in range(source.nframes)
         ],
         "annotations": [],
-        "categories": [_category()],
+        "categories": [person_category()],
     }
     return coco, posetrack
 
@@ -250,7 +241,7 @@ def load_labels(
       frame (``image_id`` = index + 1), the labeled ones with ``is_labeled`` and their people.
 
     Raises:
-      posetrack.AnnotationError: see the module docstring.
+      formats.AnnotationError: see the module docstring.
     """
     if joint_order not in JOINT_ORDERS:
         raise ValueError(f"joint_order must be one of {JOINT_ORDERS}, got {joint_order!r}")
@@ -291,12 +282,7 @@ def load_labels(
     labeled: set[int] = set()
     for i, image in enumerate(images):
         where = f"{path}: images[{i}]"
-        name = _get(image, "file_name", where)
-        if not isinstance(name, str):
-            raise AnnotationError(f"{where}: field 'file_name' must be a string")
-        image_id = _integer(_get(image, "id", where), where, "id")
-        if image_id in frame_of_image:
-            raise AnnotationError(f"{where}: image id {image_id} is used twice")
+        name, image_id = _image_record(image, where, frame_of_image)
         frame = _frame_of(name, source, by_file, where, path)
         frame_of_image[image_id] = frame
         flag = image.get("is_labeled")

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from posewarper_jax.data.posetrack import read_json
+from posewarper_jax.data.formats import read_json
 from posewarper_jax.data.types import JOINT_NAMES, NUM_JOINTS, SKELETON, VideoDataset
 from posewarper_jax.eval.nms import POSETRACK_SIGMAS
 

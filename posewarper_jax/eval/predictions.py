@@ -12,7 +12,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from posewarper_jax.data.posetrack import write_posetrack17, write_posetrack18
+from posewarper_jax.data.posetrack17 import write_posetrack17
+from posewarper_jax.data.posetrack18 import write_posetrack18
 from posewarper_jax.data.types import JOINT_NAMES, NUM_JOINTS, Frame, Person, Video, VideoDataset
 from posewarper_jax.eval.nms import rescore
 

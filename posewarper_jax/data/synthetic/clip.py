@@ -33,7 +33,7 @@ import numpy as np
 
 from posewarper_jax import cli, fileio
 from posewarper_jax.apps.outputs import run_command, staged, staged_file
-from posewarper_jax.data import posetrack
+from posewarper_jax.data import formats, posetrack18
 from posewarper_jax.data.synthetic.config import get_config
 from posewarper_jax.data.synthetic.dataset import render_video, to_video
 from posewarper_jax.data.types import Frame, Video, VideoDataset
@@ -83,7 +83,7 @@ def make_clip(
         for p in f.people
     ]
     with staged(gt_dir) as tmp:
-        posetrack.write_posetrack18(dataclasses.replace(gt, root=root), tmp)
+        posetrack18.write_posetrack18(dataclasses.replace(gt, root=root), tmp)
     with staged_file(boxes_file or default_boxes_file(out)) as tmp:
         fileio.write_json(tmp, boxes, indent=None)
     return gt
@@ -96,18 +96,18 @@ def default_boxes_file(out: str) -> str:
 def fill_labels(template: str, gt_file: str, out: str) -> int:
     """Writes ``template`` (a COCO keypoints file from ``label``) filled with the people of
     ``gt_file`` (PoseTrack18) on its frames to ``out``; returns the number of people."""
-    data = posetrack.read_json(template)
+    data = formats.read_json(template)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise posetrack.AnnotationError(f"{template}: not a COCO keypoints file from label")
-    gt = posetrack.load_posetrack18(gt_file, os.path.dirname(os.path.abspath(gt_file)))
+        raise formats.AnnotationError(f"{template}: not a COCO keypoints file from label")
+    gt = posetrack18.load_posetrack18(gt_file, os.path.dirname(os.path.abspath(gt_file)))
     if len(gt.videos) != 1:
-        raise posetrack.AnnotationError(f"{gt_file}: expected one video, found {len(gt.videos)}")
+        raise formats.AnnotationError(f"{gt_file}: expected one video, found {len(gt.videos)}")
     video = gt.videos[0]
     annotations = []
     for i, image in enumerate(data["images"]):
         number = image.get("id", 0) - 1
         if not 0 <= number < video.nframes:
-            raise posetrack.AnnotationError(
+            raise formats.AnnotationError(
                 f"{template}: images[{i}] is frame {number}; {gt_file} has {video.nframes}"
             )
         for p in video.frames[number].people:

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from posewarper_jax import fileio, storage
-from posewarper_jax.data import posetrack
+from posewarper_jax.data import posetrack18
 from posewarper_jax.data.synthetic.config import (
     GENERATOR_VERSION,
     PRESETS,
@@ -425,7 +425,7 @@ def _generate_into(root: str, cfg: SyntheticConfig, *, workers: int, progress: b
         split_records = [r for r in records if r.split == split]
         videos = [to_video(r, cfg, ann_dir) for r in split_records]
         if videos:
-            posetrack.write_posetrack18(VideoDataset(videos, "posetrack18", root), ann_dir)
+            posetrack18.write_posetrack18(VideoDataset(videos, "posetrack18", root), ann_dir)
         for r in split_records:
             _save_sidecar(r, cfg, ann_dir)
         counts[split] = {
@@ -447,7 +447,7 @@ def load_split(root: str, split: str, *, check_images: bool = False) -> VideoDat
     """Reads one split of a generated data set with the PoseTrack18 reader."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: expected one of {SPLITS}")
-    return posetrack.load_posetrack18(
+    return posetrack18.load_posetrack18(
         os.path.join(root, "annotations", split), root, check_images=check_images
     )
 
