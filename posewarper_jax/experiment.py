@@ -351,12 +351,11 @@ def pipeline_config(config: mlc.ConfigDict, stage: str, **overrides) -> pipeline
         half_body_prob=i.half_body_prob,
     )
     batch = config.eval.batch_size if stage == "eval" else config[stage].batch_size
-    encoding, decoding = heatmap_coding(config)
+    encoding = heatmap_coding(config)[0]
     kwargs = dict(
         image_size=tuple(i.image_size),
         sigma=float(i.sigma),
         target_encoding=encoding,
-        decoding=decoding,
         support_range=int(i.support_range),
         aug=aug,
         augment=stage != "eval",

@@ -416,7 +416,7 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
     )
     prop = propagation_eval.methods(
         setting, model=model, hrnet=stage1, posewarper=stage2, pipe_cfg=eval_cfg, mesh=mesh,
-        flip_test=flip, bad_image_log=bad_log,
+        flip_test=flip, bad_image_log=bad_log, decoding=experiment.heatmap_coding(config)[1],
     )  # fmt: skip
     scoring: dict[str, Any] = {}
     for name in PROPAGATION:
@@ -445,7 +445,9 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
         boxes = detections.load_detections(
             config.data.val_detections, val, float(config.data.detection_threshold)
         )
-    detect = dict(boxes=boxes, mesh=mesh, flip_test=flip)
+    detect = dict(
+        boxes=boxes, mesh=mesh, flip_test=flip, decoding=experiment.heatmap_coding(config)[1]
+    )
     record(
         "detection",
         "hrnet",
@@ -478,6 +480,7 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
     tracking = detect_track.job_tracking(
         model, stage2, val, preds["detection"]["posewarper_aggregation"], eval_cfg,
         workdir=workdir, flip_test=flip, mesh=mesh, timing=timing, log=_log,
+        decoding=experiment.heatmap_coding(config)[1],
     )  # fmt: skip
 
     # ------------------------------------------------------------------ augmentation
@@ -495,6 +498,7 @@ def evaluate_all(config, workdir, model, initial, stage1, stage2, train, stage, 
             pipe_cfg=eval_cfg,
             mesh=mesh,
             flip_test=flip,
+            decoding=experiment.heatmap_coding(config)[1],
         )
         if jax.process_index() == 0:
             empty = VideoDataset(videos=[], fmt=augmented.fmt, root=augmented.root)

@@ -110,6 +110,7 @@ def frames_on_disk(source: video_frames.FrameSource, scratch: str) -> tuple[list
 
 def run(args: argparse.Namespace) -> dict:
     """The command (module docstring); returns a summary."""
+    from posewarper_jax import experiment
     from posewarper_jax.apps import dense_labels, overlay, trained
     from posewarper_jax.data import coco, posetrack18
     from posewarper_jax.data.types import VideoDataset
@@ -127,6 +128,7 @@ def run(args: argparse.Namespace) -> dict:
     flip = bool(config.eval.get("flip_test", False) if args.flip_test is None else args.flip_test)
     overrides = {} if args.batch_size is None else {"batch_size": int(args.batch_size)}
     pipe_cfg = model.pipeline_config(**overrides)
+    decoding = experiment.heatmap_coding(config)[1]
 
     with tempfile.TemporaryDirectory(prefix="posewarper_frames_") as scratch:
         paths, root = frames_on_disk(source, scratch)
@@ -147,6 +149,7 @@ def run(args: argparse.Namespace) -> dict:
             blend=not args.no_blend,
             boxes=boxes,
             flip_test=flip,
+            decoding=decoding,
         )
         dense = dense_labels.dense_dataset(labeled, predicted)
         video, lvideo = dense.videos[0], labeled.videos[0]

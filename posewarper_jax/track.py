@@ -75,6 +75,7 @@ def video_dataset(source: video_frames.FrameSource, paths, root: str):
 
 
 def run(args: argparse.Namespace) -> dict:
+    from posewarper_jax import experiment
     from posewarper_jax.apps import dense_labels, detect_track, overlay, trained
     from posewarper_jax.data import coco, detections, posetrack18
 
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> dict:
     )
     overrides = {} if args.batch_size is None else {"batch_size": int(args.batch_size)}
     pipe_cfg = model.pipeline_config(**overrides)
+    decoding = experiment.heatmap_coding(model.config)[1]
     with tempfile.TemporaryDirectory(prefix="posewarper_frames_") as scratch:
         if source.kind == "file":
             paths, root = frames_on_disk(source, scratch)
@@ -106,12 +108,12 @@ def run(args: argparse.Namespace) -> dict:
         boxes = detections.load_detections(args.boxes, dataset, float(args.box_threshold))
         pred = detect_track.detect_poses(
             model.model, model.variables, dataset, pipe_cfg, boxes=boxes, poses=args.poses,
-            flip_test=flip,
+            flip_test=flip, decoding=decoding,
         )  # fmt: skip
         warped = None
         if args.tracker == "posewarper":
             warped = detect_track.warp_previous_poses(
-                model.model, model.variables, pred, pipe_cfg, flip_test=flip
+                model.model, model.variables, pred, pipe_cfg, flip_test=flip, decoding=decoding
             )
         tracked = detect_track.track(pred, args.tracker, warped=warped)
         tracked = detect_track.keep_confident_joints(tracked, args.min_score)

@@ -178,6 +178,8 @@ def test_masked_rows_are_dropped_and_bad_input_named(data):
         inference.predict(None, {}, no_target, target_fn, keys=GT_KEYS)
     with pytest.raises(ValueError, match="must return"):
         inference.predict(None, {}, batches, lambda v, b: b["target"][..., 0], keys=GT_KEYS)
+    with pytest.raises(ValueError, match="decoding must be one of"):
+        inference.predict(None, {}, batches, target_fn, keys=GT_KEYS, decoding="softargmax")
 
 
 def test_flip_test_of_flip_consistent_maps_keeps_keypoints(data):

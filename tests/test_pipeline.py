@@ -14,6 +14,7 @@ import grain
 import numpy as np
 import pytest
 
+from posewarper_jax.apps import propagation
 from posewarper_jax.data import pipeline as pl
 from posewarper_jax.data import transforms as T
 from posewarper_jax.data.types import NUM_JOINTS, Frame, Person, Video, VideoDataset
@@ -111,8 +112,8 @@ def test_config_validation():
         pl.PipelineConfig(num_workers=-2)
     with pytest.raises(ValueError, match="target_encoding"):
         pl.PipelineConfig(target_encoding="rounded")
-    with pytest.raises(ValueError, match="decoding"):
-        pl.PipelineConfig(decoding="softargmax")
+    with pytest.raises(TypeError, match="decoding"):  # an argument of the predict functions
+        pl.PipelineConfig(decoding="dark")
     c = pl.PipelineConfig()
     assert c.image_size == (128, 96) and c.heatmap_size == (32, 24) and c.aspect_ratio == 0.75
 
@@ -416,6 +417,16 @@ def test_missing_and_corrupt_images_name_file_and_record(own_data):
     with pytest.raises(pl.BadImageError, match="window frame 2"):
         ev[0]
 
+    # Propagation pairs: rows v0 f1 p0-p1 (from f0), v0 f3 p0-p1 (from f2), ...
+    pairs = pl.pair_map_dataset(
+        own_data, propagation.plan_propagation(own_data, reach=1), config,
+        process_index=0, process_count=1,
+    )  # fmt: skip
+    with pytest.raises(pl.BadImageError, match="unreadable") as err:
+        pairs[0]
+    msg = str(err.value)
+    assert bad in msg and "propagation row 2 (video 'v0', frame 3), source frame 2" in msg
+
 
 def test_skip_bad_images_counts_and_replaces_deterministically(own_data):
     os.remove(own_data.videos[0].frames[2].path)
@@ -446,6 +457,16 @@ def test_skip_bad_images_counts_and_replaces_deterministically(own_data):
     assert b1["frame"][1] == 4 and b1["mask"][1]
     np.testing.assert_array_equal(b1["frame_valid"][1], [False, True, True, True, True])
     assert not b1["image"][1, 0].any() and b1["image"][1, 1].any()
+
+    # Propagation: a row with a bad frame is a padding row (rows 2-3 read v0 f2).
+    pairs = pl.pair_map_dataset(
+        own_data, propagation.plan_propagation(own_data, reach=1), config,
+        process_index=0, process_count=1,
+    )  # fmt: skip
+    with pytest.warns(pl.BadImageWarning, match="000002.jpg"):
+        p0 = pairs[0]
+    np.testing.assert_array_equal(p0["mask"], [True, True, False, False])
+    assert p0["frame"].tolist() == [1, 1, -1, -1] and p0["frame_valid"][:2].all()
 
 
 def test_wrong_keypoint_shape_names_the_record(tmp_path):

@@ -196,6 +196,7 @@ def test_cli_scores_equal_the_main_jobs_propagation(synthetic, tmp_path, capsys)
     job_pred = propagation.propagate_labels(
         model.model, model.variables, val_sparse, pipe_cfg=experiment.pipeline_config(config,
         "eval"), plan=setting.plan, flip_test=True,
+        decoding=experiment.heatmap_coding(config)[1],
     )  # fmt: skip
     job_table = posetrack_map(val_held, propagation.select_videos(job_pred, val_held))
 

@@ -269,12 +269,14 @@ def test_identity_head_with_subpixel_coding_returns_source_keypoints(model_and_v
     moves them by less than 0.05 heatmap px."""
     model, variables = model_and_variables
     full, labeled = video
-    cfg = dataclasses.replace(PIPE, target_encoding="subpixel", decoding="dark")
-    pred = propagation.propagate_labels(model, variables, labeled, pipe_cfg=cfg, boxes=full)
+    cfg = dataclasses.replace(PIPE, target_encoding="subpixel")
+    pred = propagation.propagate_labels(
+        model, variables, labeled, pipe_cfg=cfg, boxes=full, decoding="dark"
+    )
     copied = baselines.copy_nearest(labeled, boxes=full)
     px = 1.25 * 48.0 / (CROP[1] // 4)  # image px per heatmap px (boxes are 28 x 48)
     flipped = propagation.propagate_labels(
-        model, variables, labeled, pipe_cfg=cfg, boxes=full, flip_test=True
+        model, variables, labeled, pipe_cfg=cfg, boxes=full, flip_test=True, decoding="dark"
     )
     checked = 0
     for fa, fc, ff in zip(pred.videos[0].frames, copied.videos[0].frames, flipped.videos[0].frames):

@@ -405,12 +405,12 @@ def test_heatmap_coding_reaches_the_pipeline_and_defaults_to_hrnets(tmp_path):
     c = tiny_config(str(tmp_path / "unused"))
     for stage in ("stage1", "stage2", "eval"):
         cfg = experiment.pipeline_config(c, stage)
-        assert (cfg.target_encoding, cfg.decoding) == ("subpixel", "dark")
+        assert (cfg.target_encoding, experiment.heatmap_coding(c)[1]) == ("subpixel", "dark")
     del c.input["target_encoding"]
     del c.eval["decoding"]
     experiment.validate(c)
     cfg = experiment.pipeline_config(c, "eval")
-    assert (cfg.target_encoding, cfg.decoding) == ("integer", "quarter")
+    assert (cfg.target_encoding, experiment.heatmap_coding(c)[1]) == ("integer", "quarter")
 
 
 @pytest.mark.parametrize(

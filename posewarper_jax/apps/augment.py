@@ -37,11 +37,12 @@ from jax.sharding import Mesh
 from posewarper_jax.apps.propagation import (
     PropagationPlan,
     nearest_deltas,
+    plan_person,
     plan_propagation,
     propagate_plan,
 )
 from posewarper_jax.data import pipeline as pipeline_lib
-from posewarper_jax.data.types import NUM_JOINTS, Frame, Person, Video, VideoDataset
+from posewarper_jax.data.types import NUM_JOINTS, Frame, Video, VideoDataset
 
 __all__ = ["DEFAULT_DELTAS", "MIN_CONFIDENCE", "add_pseudo_labels", "pseudo_labels"]
 
@@ -112,19 +113,8 @@ def add_pseudo_labels(
         keep = scores[r] > min_confidence
         if not keep.any():
             continue
-        kpts = np.zeros((NUM_JOINTS, 3), np.float32)
-        kpts[keep, :2] = xy[r, keep]
-        kpts[keep, 2] = 1.0
-        frame.people.append(
-            Person(
-                keypoints=kpts,
-                bbox=plan.box[r].copy(),
-                track_id=int(plan.track_id[r]),
-                score=1.0,
-                annotation_id=-1,
-                keypoint_scores=np.where(keep, scores[r], 0.0).astype(np.float32),
-            )
-        )
+        # A pseudo person: the plan row with its kept joints (``annotation_id`` stays -1).
+        frame.people.append(plan_person(plan, r, xy[r], keep, scores[r]))
         frame.is_labeled = True
         pseudo.setdefault(videos[v].name, set()).add(f)
         num_people += 1
@@ -153,6 +143,7 @@ def pseudo_labels(
     mesh: Mesh | None = None,
     boxes: VideoDataset | None = None,
     flip_test: bool = False,
+    decoding: str = "quarter",
 ) -> VideoDataset:
     """Propagates the sparse ground truth to the frames ``t + δ`` of each labeled frame t and
     returns ``sparse_train`` augmented with the confident pseudo labels (module docstring).
@@ -167,6 +158,7 @@ def pseudo_labels(
       mesh: a mesh with a ``data`` axis (default: all devices).
       boxes: people of the target frames with track ids; None crops B with A's boxes.
       flip_test: average with the mirrored pair's result.
+      decoding: the decoding of the warped maps ("quarter" or "dark", ``propagate_plan``).
 
     Returns:
       The augmented ``VideoDataset``; ``extra["pseudo_frames"]`` lists the pseudo frames.
@@ -174,8 +166,9 @@ def pseudo_labels(
     deltas = tuple(int(d) for d in deltas)
     plan = plan_propagation(sparse_train, boxes=boxes, deltas=deltas)
     res = propagate_plan(
-        model, variables, sparse_train, plan, pipe_cfg=pipe_cfg, mesh=mesh, flip_test=flip_test
-    )
+        model, variables, sparse_train, plan, pipe_cfg=pipe_cfg, mesh=mesh, flip_test=flip_test,
+        decoding=decoding,
+    )  # fmt: skip
     scores = np.where(res.done[:, None], res.scores, 0.0)
     settings = {"deltas": list(deltas), "boxes": "given" if boxes is not None else "source"}
     return add_pseudo_labels(

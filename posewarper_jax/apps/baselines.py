@@ -42,7 +42,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from posewarper_jax import storage
-from posewarper_jax.apps.inference import predict, single_frame_fn
+from posewarper_jax.apps.detection import crop_rows
 from posewarper_jax.apps.propagation import (
     DEFAULT_REACH,
     PropagationPlan,
@@ -362,12 +362,14 @@ def hrnet_pseudo(
     mesh: Mesh | None = None,
     flip_test: bool = False,
     plan: PropagationPlan | None = None,
+    decoding: str = "quarter",
 ) -> VideoDataset:
     """Single-frame pseudo labels: the stage-1 HRNet on B, in the crop of the planned box.
 
     The crops are cut by ``pipeline.eval_dataset`` (``pipe_cfg``'s size and padding, no
-    augmentation) and run by ``inference.predict`` with ``single_frame_fn``. Every joint is
-    predicted; joint score = heatmap maximum; person score 1.
+    augmentation) and run by ``inference.predict`` with ``single_frame_fn``
+    (``detection.crop_rows``); the heatmaps are decoded with ``decoding`` ("quarter" or
+    "dark"). Every joint is predicted; joint score = heatmap maximum; person score 1.
     """
     if not isinstance(pipe_cfg, pipeline_lib.PipelineConfig):
         raise ValueError(f"pipe_cfg must be a PipelineConfig, got {type(pipe_cfg).__name__}")
@@ -380,18 +382,10 @@ def hrnet_pseudo(
         # The pipeline reports each box's position in this list as ``person``.
         row_of[(v, f, len(people[key]))] = r
         people[key].append(Person(keypoints=None, bbox=plan.box[r], track_id=-1))
-    cfg = dataclasses.replace(pipe_cfg, augment=False, shuffle=False, eval_offsets=(0,))
-    batches = pipeline_lib.eval_dataset(labeled, cfg, boxes=dict(people), frames="all")
-    rows = predict(
-        model,
-        variables,
-        batches,
-        single_frame_fn(model, 0),
-        mesh=mesh,
-        flip_test=flip_test,
-        decoding=cfg.decoding,
-        sigma=cfg.sigma,
-    )
+    rows = crop_rows(
+        model, variables, labeled, pipe_cfg, boxes=dict(people), frames="all", flip_test=flip_test,
+        mesh=mesh, decoding=decoding,
+    )  # fmt: skip
     n = len(plan)
     xy = np.zeros((n, NUM_JOINTS, 2), np.float32)
     scores = np.zeros((n, NUM_JOINTS), np.float32)

@@ -144,6 +144,7 @@ def propagate_video(
     mesh: Mesh | None = None,
     min_box_score: float = 0.2,
     min_box_joints: int = 3,
+    decoding: str = "quarter",
 ) -> VideoDataset:
     """The labels of ``labeled`` propagated to every unlabeled frame within ``reach``.
 
@@ -156,6 +157,7 @@ def propagate_video(
       boxes: "carry", "source" or a ``VideoDataset`` of target boxes (module docstring).
       flip_test: average with the mirrored pair (``inference.flip_batch``).
       min_box_score, min_box_joints: ``carry_box``'s thresholds.
+      decoding: "quarter" or "dark", the warped maps' decoding.
 
     Returns:
       Predictions shaped like ``labeled`` (``propagation.predictions_from_plan``): the
@@ -163,7 +165,7 @@ def propagate_video(
       warped heatmap maximum, the track id, ``bbox`` = the crop box); labeled frames have no
       people here (``dense_dataset`` adds the labels).
     """
-    run = dict(pipe_cfg=pipe_cfg, mesh=mesh, flip_test=flip_test)
+    run = dict(pipe_cfg=pipe_cfg, mesh=mesh, flip_test=flip_test, decoding=decoding)
     if isinstance(boxes, VideoDataset) or boxes == "source":
         target = boxes if isinstance(boxes, VideoDataset) else None
         plan = propagation.plan_propagation(labeled, boxes=target, reach=reach, blend=blend)

@@ -68,13 +68,18 @@ def detect_poses(
     poses: str = "aggregation",
     flip_test: bool = False,
     mesh: Mesh | None = None,
+    decoding: str = "quarter",
 ) -> VideoDataset:
     """Poses of every box on every labeled frame of ``dataset`` (``apps.detection``), with
-    their track ids cleared (-1): boxes taken from the ground truth carry its ids."""
+    their track ids cleared (-1): boxes taken from the ground truth carry its ids; the
+    heatmaps decoded with ``decoding`` ("quarter" or "dark")."""
     if poses not in POSE_METHODS:
         raise ValueError(f"poses must be one of {POSE_METHODS}, got {poses!r}")
     fn = detection.detect_aggregated if poses == "aggregation" else detection.detect_single_frame
-    pred = fn(model, variables, dataset, pipe_cfg, boxes=boxes, flip_test=flip_test, mesh=mesh)
+    pred = fn(
+        model, variables, dataset, pipe_cfg, boxes=boxes, flip_test=flip_test, mesh=mesh,
+        decoding=decoding,
+    )  # fmt: skip
     return clear_track_ids(pred)
 
 
@@ -105,13 +110,15 @@ def warp_previous_poses(
     min_score: float = MIN_SCORE,
     flip_test: bool = False,
     mesh: Mesh | None = None,
+    decoding: str = "quarter",
 ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
     """Every person of frame t − 1 carried to frame t by the warping head.
 
     One propagation plan holds a row per (frame t ≥ 1, person p of t − 1 with a joint scoring
     at least ``min_score``): source frame t − 1, the person's joints scoring at least
     ``min_score`` as the source labels, the person's box on t − 1 as the crop of both frames
-    (as stage 2 trained). ``propagation.propagate_plan`` runs it.
+    (as stage 2 trained). ``propagation.propagate_plan`` runs it (the warped maps decoded with
+    ``decoding``).
 
     Returns:
       ``{(video, t): (xy [N, J, 2], present bool [N, J])}`` for the ``N`` people of frame
@@ -147,8 +154,9 @@ def warp_previous_poses(
         source_weight=np.ones((n, 1), np.float32),
     )
     res = propagation.propagate_plan(
-        model, variables, pred, plan, pipe_cfg=pipe_cfg, mesh=mesh, flip_test=flip_test
-    )
+        model, variables, pred, plan, pipe_cfg=pipe_cfg, mesh=mesh, flip_test=flip_test,
+        decoding=decoding,
+    )  # fmt: skip
     out: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     for vi, video in enumerate(pred.videos):
         for t in range(1, video.nframes):
@@ -234,6 +242,7 @@ def job_tracking(
     keep_score: float = KEEP_SCORE,
     timing: dict | None = None,
     log=print,
+    decoding: str = "quarter",
 ) -> dict[str, dict[str, float]]:
     """The main job's tracking rows: ``poses`` (its detection predictions on the validation
     videos) tracked by each of ``JOB_TRACKERS``, joints scoring below ``keep_score`` left
@@ -241,8 +250,9 @@ def job_tracking(
 
     Each tracker's predictions go to ``WORKDIR/predictions/tracking/<tracker>/`` and its
     metrics to ``WORKDIR/eval/tracking_<tracker>.json``; a tracker whose metrics file exists
-    is read back, not run again. Returns ``{tracker: {"MOTA", "MOTP", "Prec", "Rec",
-    "switches", "misses", "false_positives"}}`` (totals; percent, counts summed over joints).
+    is read back, not run again. ``decoding``: the warped maps' (``warp_previous_poses``).
+    Returns ``{tracker: {"MOTA", "MOTP", "Prec", "Rec", "switches", "misses",
+    "false_positives"}}`` (totals; percent, counts summed over joints).
     """
     import json
     import time
@@ -265,7 +275,7 @@ def job_tracking(
         if name == "posewarper" and warped is None:
             warped = warp_previous_poses(
                 model, variables, cleared, pipe_cfg, min_score=min_score, flip_test=flip_test,
-                mesh=mesh,
+                mesh=mesh, decoding=decoding,
             )  # fmt: skip
         tracked = track(cleared, name, warped=warped, min_score=min_score)
         tracked = keep_confident_joints(tracked, keep_score)

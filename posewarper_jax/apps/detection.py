@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from jax.sharding import Mesh
 
 from posewarper_jax.apps.inference import (
+    HeatmapFn,
     aggregation_fn,
     predict,
     single_frame_fn,
@@ -38,6 +39,7 @@ __all__ = [
     "CAUSAL_WINDOW",
     "WINDOW",
     "WINDOW_WEIGHTS",
+    "crop_rows",
     "detect_aggregated",
     "detect_single_frame",
 ]
@@ -64,6 +66,40 @@ def _use_nms(nms: bool | None, boxes) -> bool:
     return (not (isinstance(boxes, str) and boxes == "gt")) if nms is _AUTO else bool(nms)
 
 
+def crop_rows(
+    model,
+    variables,
+    dataset: VideoDataset,
+    pipe_cfg: pipeline_lib.PipelineConfig,
+    fn: HeatmapFn | None = None,
+    *,
+    window: Sequence[int] = (0,),
+    boxes: pipeline_lib.BoxSource = "gt",
+    frames: str = "labeled",
+    flip_test: bool = False,
+    mesh: Mesh | None = None,
+    decoding: str = "quarter",
+) -> list[dict]:
+    """``inference.predict``'s rows of ``fn`` on the windows ``window`` of every box of
+    ``dataset``'s ``frames`` (``pipeline.eval_dataset``: no augmentation, frames past the
+    video's ends blanked); ``fn`` defaults to the single-frame HRNet on the window's frame 0.
+    """
+    cfg = _eval_config(pipe_cfg, window)
+    batches = pipeline_lib.eval_dataset(dataset, cfg, boxes=boxes, frames=frames, offsets=window)
+    if fn is None:
+        fn = single_frame_fn(model, tuple(window).index(0))
+    return predict(
+        model,
+        variables,
+        batches,
+        fn,
+        mesh=mesh,
+        flip_test=flip_test,
+        decoding=decoding,
+        sigma=cfg.sigma,
+    )
+
+
 def detect_single_frame(
     model,
     variables,
@@ -75,6 +111,7 @@ def detect_single_frame(
     mesh: Mesh | None = None,
     scoring: str = "official",
     nms: bool | None = _AUTO,
+    decoding: str = "quarter",
 ) -> VideoDataset:
     """Stage-1 HRNet on every labeled frame of ``dataset``, one crop per box.
 
@@ -88,22 +125,16 @@ def detect_single_frame(
       mesh: a mesh with a ``data`` axis (default: all devices).
       scoring: "official" or "mmpose" (``inference.to_predictions``).
       nms: OKS NMS per frame; default: only when ``boxes`` are not "gt".
+      decoding: "quarter" (HRNet's quarter-pixel step) or "dark" (sub-pixel), the heatmap
+        decoding (``inference.predict``).
 
     Returns:
       A prediction ``VideoDataset`` shaped like ``dataset`` (keypoints in image pixels).
     """
-    cfg = _eval_config(pipe_cfg, (0,))
-    batches = pipeline_lib.eval_dataset(dataset, cfg, boxes=boxes, frames="labeled", offsets=(0,))
-    rows = predict(
-        model,
-        variables,
-        batches,
-        single_frame_fn(model, 0),
-        mesh=mesh,
-        flip_test=flip_test,
-        decoding=cfg.decoding,
-        sigma=cfg.sigma,
-    )
+    rows = crop_rows(
+        model, variables, dataset, pipe_cfg, boxes=boxes, flip_test=flip_test, mesh=mesh,
+        decoding=decoding,
+    )  # fmt: skip
     return to_predictions(rows, dataset, scoring=scoring, nms=_use_nms(nms, boxes))
 
 
@@ -121,12 +152,13 @@ def detect_aggregated(
     mesh: Mesh | None = None,
     scoring: str = "official",
     nms: bool | None = _AUTO,
+    decoding: str = "quarter",
 ) -> VideoDataset:
     """Temporal pose aggregation on every labeled frame of ``dataset`` (module docstring).
 
     Args:
-      model, variables, dataset, pipe_cfg, boxes, flip_test, mesh, scoring, nms: as for
-        ``detect_single_frame``.
+      model, variables, dataset, pipe_cfg, boxes, flip_test, mesh, scoring, nms, decoding: as
+        for ``detect_single_frame``.
       window: frame offsets δ in time order; must contain 0. Default ``WINDOW`` (−2..2), or
         ``CAUSAL_WINDOW`` (−2..0) with ``causal``.
       weights: one non-negative weight per offset (renormalised over the frames that exist).
@@ -165,17 +197,9 @@ def detect_aggregated(
     if any(not w >= 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"weights {weights} must be non-negative and not all zero")
 
-    cfg = _eval_config(pipe_cfg, window)
-    batches = pipeline_lib.eval_dataset(dataset, cfg, boxes=boxes, frames="labeled", offsets=window)
     fn = aggregation_fn(model, weights, window.index(0))
-    rows = predict(
-        model,
-        variables,
-        batches,
-        fn,
-        mesh=mesh,
-        flip_test=flip_test,
-        decoding=cfg.decoding,
-        sigma=cfg.sigma,
-    )
+    rows = crop_rows(
+        model, variables, dataset, pipe_cfg, fn, window=window, boxes=boxes, flip_test=flip_test,
+        mesh=mesh, decoding=decoding,
+    )  # fmt: skip
     return to_predictions(rows, dataset, scoring=scoring, nms=_use_nms(nms, boxes))

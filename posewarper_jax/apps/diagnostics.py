@@ -184,11 +184,13 @@ def run_diagnostics(
     mesh=None,
     flip_test: bool = False,
     log=print,
+    decoding: str = "quarter",
 ) -> dict[str, Any]:
     """All rows of the module docstring; returns ``{name: mAP table}`` plus ``by_delta``
     (``{str(|δ|): {"posewarper": table, "farneback": table, "people": n,
     "motion_recovered": {"posewarper": ..., "farneback": ...}}}``, see
-    ``motion_recovered``); ``flip_test`` is PoseWarper's setting in ``by_delta``."""
+    ``motion_recovered``); ``flip_test`` is PoseWarper's setting in ``by_delta``; every
+    propagation decodes its warped maps with ``decoding`` ("quarter" or "dark")."""
     from posewarper_jax.apps import propagation_eval
 
     setting = propagation_eval.held_out(val, every_k=every_k, seed=seed, reach=reach)
@@ -197,7 +199,14 @@ def run_diagnostics(
 
     def prop(variables, p=plan, **kw):
         pred = propagation.propagate_labels(
-            model, variables, labeled, pipe_cfg=pipe_cfg, mesh=mesh, plan=p, **kw
+            model,
+            variables,
+            labeled,
+            pipe_cfg=pipe_cfg,
+            mesh=mesh,
+            plan=p,
+            decoding=decoding,
+            **kw,
         )
         return propagation.select_videos(pred, held)
 
@@ -286,6 +295,7 @@ def _diagnose(config, workdir: str) -> None:  # pragma: no cover - exercised thr
         pipe_cfg=experiment.pipeline_config(config, "eval"),
         mesh=mesh,
         flip_test=bool(config.eval.flip_test),
+        decoding=experiment.heatmap_coding(config)[1],
     )
     out["evaluation"] = {
         "split": split,

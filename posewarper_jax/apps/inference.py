@@ -240,10 +240,33 @@ def iter_predict(
     decoding: str = "quarter",
     sigma: float | None = None,
 ) -> Iterator[dict]:
-    """``predict`` as a generator of rows (same arguments), batch by batch.
+    """Runs a heatmap function over evaluation batches and decodes every real row; yields the
+    rows (``predict``) batch by batch.
 
     Batch k + 1 is dispatched to the devices before the results of batch k are fetched, so
     reading, decoding on the host and device work overlap.
+
+    Args:
+      model: the ``PoseWarper`` (used for the default ``fn``).
+      variables: ``{"params", "batch_stats"}``; replicated over the mesh.
+      batches: this process's batches of ``pipeline.eval_dataset`` (numpy dicts, see the
+        module docstring of ``data.pipeline``); the global batch size must be a multiple of
+        the size of the mesh's ``data`` axis.
+      fn: ``fn(variables, batch) -> [B, h, w, J]`` (see the module docstring); default
+        ``single_frame_fn(model)``. Pass the same object on every call (the ready-made ones
+        are cached) to reuse its compiled program.
+      mesh: a mesh with a ``data`` axis; default all devices (``training.data_mesh()``).
+      flip_test: also run ``fn`` on ``flip_batch(batch)`` and average (``average_flip``).
+      flip_pairs: left/right joint pairs of the flip test.
+      keys: batch fields ``fn`` reads (sent to the devices, sharded on the batch axis), e.g.
+        add ``"target"`` for propagation; ``center`` and ``scale`` are always sent.
+      decoding: "quarter" (HRNet) or "dark" (``ops.heatmaps.decode_heatmaps``); with "dark"
+        the flip test realigns the mirrored maps exactly (``flip_shift``).
+      sigma: the targets' σ in heatmap pixels (the smoothing of "dark").
+
+    Raises:
+      ValueError: a batch lacks a field, its size does not divide over the mesh, or ``fn``
+        returns a wrong shape.
     """
     if fn is None:
         fn = single_frame_fn(model)
@@ -290,58 +313,19 @@ def predict(
     variables: Mapping[str, Any],
     batches: Iterable[Mapping[str, np.ndarray]],
     fn: HeatmapFn | None = None,
-    *,
-    mesh: Mesh | None = None,
-    flip_test: bool = False,
-    flip_pairs: Sequence[tuple[int, int]] = FLIP_PAIRS,
-    keys: Sequence[str] = DEFAULT_KEYS,
-    decoding: str = "quarter",
-    sigma: float | None = None,
+    **options: Any,
 ) -> list[dict]:
-    """Runs a heatmap function over evaluation batches and decodes every real row.
-
-    Args:
-      model: the ``PoseWarper`` (used for the default ``fn``).
-      variables: ``{"params", "batch_stats"}``; replicated over the mesh.
-      batches: this process's batches of ``pipeline.eval_dataset`` (numpy dicts, see the
-        module docstring of ``data.pipeline``); the global batch size must be a multiple of
-        the size of the mesh's ``data`` axis.
-      fn: ``fn(variables, batch) -> [B, h, w, J]`` (see the module docstring); default
-        ``single_frame_fn(model)``. Pass the same object on every call (the ready-made ones
-        are cached) to reuse its compiled program.
-      mesh: a mesh with a ``data`` axis; default all devices (``training.data_mesh()``).
-      flip_test: also run ``fn`` on ``flip_batch(batch)`` and average (``average_flip``).
-      flip_pairs: left/right joint pairs of the flip test.
-      keys: batch fields ``fn`` reads (sent to the devices, sharded on the batch axis), e.g.
-        add ``"target"`` for propagation; ``center`` and ``scale`` are always sent.
-      decoding: "quarter" (HRNet) or "dark" (``ops.heatmaps.decode_heatmaps``); with "dark"
-        the flip test realigns the mirrored maps exactly (``flip_shift``).
-      sigma: the targets' σ in heatmap pixels (the smoothing of "dark").
+    """Runs a heatmap function over evaluation batches and decodes every real row; the
+    arguments (keyword ``options``: mesh, flip_test, flip_pairs, keys, decoding, sigma) as
+    for ``iter_predict``.
 
     Returns:
       One dict per row with ``mask`` True, in batch order: ``video``, ``frame``, ``person``,
       ``track_id``, ``image_id`` (int), ``score`` (box score, float), ``center``, ``scale``
       (float32 ``[2]``), ``keypoints`` float32 ``[J, 2]`` (x, y) image pixels and
       ``maxvals`` float32 ``[J]`` (heatmap maxima).
-
-    Raises:
-      ValueError: a batch lacks a field, its size does not divide over the mesh, or ``fn``
-        returns a wrong shape.
     """
-    return list(
-        iter_predict(
-            model,
-            variables,
-            batches,
-            fn,
-            mesh=mesh,
-            flip_test=flip_test,
-            flip_pairs=flip_pairs,
-            keys=keys,
-            decoding=decoding,
-            sigma=sigma,
-        )
-    )
+    return list(iter_predict(model, variables, batches, fn, **options))
 
 
 # ----------------------------------------------------------------------------- assembly

@@ -29,13 +29,14 @@ PoseWarper propagation (``propagate_labels``): per planned person, A's ground-tr
 that track are mapped into the crop (B's box, enlarged by ``box_padding`` and widened to the
 crop's aspect ratio), rendered as Gaussian heatmaps (``transforms.gaussian_targets``, σ of the
 pipeline config) and warped onto B by ``PoseWarper.propagate`` (ψ = f_B − f_A). The warped maps
-are decoded (``pipe_cfg.decoding``: HRNet's quarter-pixel step or the sub-pixel "dark") and
+are decoded (``decoding``: HRNet's quarter-pixel step or the sub-pixel "dark") and
 mapped back to B's image pixels; the Gaussians follow ``pipe_cfg.target_encoding``. Joint score =
 warped heatmap maximum × presence (1 if the joint is labeled in a source and its Gaussian lies
 on the heatmap, else 0: such joints stay unlabeled, score 0); person score 1.
 
-Pair batches (``pair_batches``): a Grain ``MapDataset`` over the plan's rows, padded to the
-static ``PipelineConfig.batch_size`` with ``mask`` and read by threads; a batch is::
+Pair batches (``pair_batches``, cut by ``data.pipeline.pair_map_dataset``): a Grain
+``MapDataset`` over the plan's rows, padded to the static ``PipelineConfig.batch_size`` with
+``mask`` and read by threads; a batch is::
 
   image          uint8   [B, 1+S, H, W, 3]  t=0 the target frame B, t=1..S the sources A
   frame_valid    bool    [B, 1+S]           False for a missing second source
@@ -58,22 +59,17 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import math
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import cv2
 import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from posewarper_jax import storage
 from posewarper_jax.apps.inference import predict
 from posewarper_jax.data import pipeline as pipeline_lib
-from posewarper_jax.data import transforms
 from posewarper_jax.data.types import NUM_JOINTS, Frame, Person, Video, VideoDataset
 
 __all__ = [
@@ -84,6 +80,7 @@ __all__ = [
     "keep_rows",
     "nearest_deltas",
     "pair_batches",
+    "plan_person",
     "plan_propagation",
     "predictions_from_plan",
     "propagate_labels",
@@ -94,7 +91,6 @@ __all__ = [
 
 DEFAULT_REACH = 3
 _DEVICE_KEYS = ("image", "frame_valid", "target", "target_weight", "source_weight")
-_IMAGE_CACHE_SIZE = 32  # decoded frames kept per pair source (rows are sorted by frame)
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -171,26 +167,13 @@ def _ordered_deltas(deltas: Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted(out, key=lambda d: (abs(d), -d)))
 
 
-def _person_arrays(person: Person, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """(keypoints float32 [J, 3], box float32 [4]) of a person, or a ValueError at ``where``."""
-    kpts = np.zeros((NUM_JOINTS, 3), np.float32)
-    if person.keypoints is not None:
-        kpts = np.asarray(person.keypoints, np.float32)
-    if kpts.shape != (NUM_JOINTS, 3):
-        raise ValueError(f"{where}: keypoints have shape {kpts.shape}, expected ({NUM_JOINTS}, 3)")
-    box = np.asarray(person.bbox, np.float32)
-    if box.shape != (4,) or not np.all(np.isfinite(box)):
-        raise ValueError(f"{where}: bbox {box.tolist()} is not 4 finite numbers (x, y, w, h)")
-    return kpts, box
-
-
 def _sources_by_track(video: Video, frame: int) -> dict[int, tuple[int, np.ndarray, np.ndarray]]:
     """Track id → (person index, keypoints, box) of a labeled frame's people with a labeled
     joint; people without a track id (< 0) are left out."""
     out: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
     for pi, person in enumerate(video.frames[frame].people):
         where = f"video {video.name!r} frame {frame} person {pi} ({video.source})"
-        kpts, box = _person_arrays(person, where)
+        kpts, box = pipeline_lib.person_arrays(person, where)
         if person.track_id < 0 or not np.any(kpts[:, 2] > 0):
             continue
         if person.track_id in out:
@@ -299,7 +282,7 @@ def plan_propagation(
             if bvideo is None:
                 for pi, person in enumerate(video.frames[a0].people):
                     where = f"video {video.name!r} frame {a0} person {pi} ({video.source})"
-                    kpts, box = _person_arrays(person, where)
+                    kpts, box = pipeline_lib.person_arrays(person, where)
                     if not np.any(kpts[:, 2] > 0) or box[2] <= 0 or box[3] <= 0:
                         continue
                     srcs = [(a0, d0, pi, kpts), *second(person.track_id)]
@@ -309,7 +292,7 @@ def plan_propagation(
             seen: set[int] = set()
             for pi, person in enumerate(bvideo.frames[b].people):
                 where = f"boxes: video {video.name!r} frame {b} person {pi} ({bvideo.source})"
-                _, box = _person_arrays(person, where)
+                _, box = pipeline_lib.person_arrays(person, where)
                 track = person.track_id
                 if track >= 0 and track in seen:
                     raise ValueError(f"{where}: track_id {track} appears twice in the frame")
@@ -381,21 +364,28 @@ def predictions_from_plan(
         ]
         videos.append(Video(video.name, frames, video.source, dict(video.extra)))
     for r in range(n):
-        kpts = np.zeros((NUM_JOINTS, 3), np.float32)
-        kpts[:, :2] = np.where(present[r, :, None], xy[r], 0.0)
-        kpts[:, 2] = present[r]
         frame = videos[plan.video[r]].frames[plan.frame[r]]
-        frame.people.append(
-            Person(
-                keypoints=kpts,
-                bbox=plan.box[r].copy(),
-                track_id=int(plan.track_id[r]),
-                score=1.0,
-                keypoint_scores=np.where(present[r], scores[r], 0.0).astype(np.float32),
-            )
-        )
+        frame.people.append(plan_person(plan, r, xy[r], present[r], scores[r]))
         frame.is_labeled = True
     return VideoDataset(videos, labeled.fmt, labeled.root, dict(labeled.extra))
+
+
+def plan_person(
+    plan: PropagationPlan, r: int, xy: np.ndarray, present: np.ndarray, scores: np.ndarray
+) -> Person:
+    """Row ``r`` of ``plan`` as a ``Person``: keypoints ``xy`` (``[J, 2]`` image pixels, v = 1)
+    where ``present`` (bool ``[J]``) and (0, 0, 0) elsewhere, the row's box and track id,
+    score 1 and the joint ``scores`` (``[J]``; 0 where not present)."""
+    kpts = np.zeros((NUM_JOINTS, 3), np.float32)
+    kpts[:, :2] = np.where(present[:, None], xy, 0.0)
+    kpts[:, 2] = present
+    return Person(
+        keypoints=kpts,
+        bbox=plan.box[r].copy(),
+        track_id=int(plan.track_id[r]),
+        score=1.0,
+        keypoint_scores=np.where(present, scores, 0.0).astype(np.float32),
+    )
 
 
 def select_videos(pred: VideoDataset, like: VideoDataset) -> VideoDataset:
@@ -412,130 +402,6 @@ def select_videos(pred: VideoDataset, like: VideoDataset) -> VideoDataset:
 # ----------------------------------------------------------------------------- pair batches
 
 
-class _ImageCache:
-    """A small thread-safe LRU of decoded BGR frames (rows sorted by frame share reads)."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._items: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, path: str, record: str) -> np.ndarray:
-        with self._lock:
-            img = self._items.get(path)
-            if img is not None:
-                self._items.move_to_end(path)
-                return img
-        img = storage.read_image(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if img is None:
-            raise pipeline_lib.BadImageError(
-                f"image {path!r} cannot be read; needed by {record}", path
-            )
-        with self._lock:
-            self._items[path] = img
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return img
-
-
-class _PairSource:
-    """Plan row index → pair example (index >= len: a padding row)."""
-
-    def __init__(
-        self, labeled: VideoDataset, plan: PropagationPlan, cfg: pipeline_lib.PipelineConfig
-    ):
-        self.paths = [[f.path for f in v.frames] for v in labeled.videos]
-        self.image_ids = [[f.image_id for f in v.frames] for v in labeled.videos]
-        self.plan, self.cfg = plan, cfg
-        self.cache = _ImageCache(_IMAGE_CACHE_SIZE)
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    def _blank(self) -> dict[str, np.ndarray]:
-        cfg, s, j = self.cfg, self.plan.num_sources, NUM_JOINTS
-        h, w = cfg.image_size
-        return {
-            "image": np.zeros((1 + s, h, w, 3), np.uint8),
-            "frame_valid": np.zeros((1 + s,), np.bool_),
-            "target": np.zeros((s, *cfg.heatmap_size, j), np.float32),
-            "target_weight": np.zeros((s, j), np.float32),
-            "source_weight": np.zeros((s,), np.float32),
-            "mask": np.bool_(False),
-            "video": np.int32(-1),
-            "frame": np.int32(-1),
-            "person": np.int32(-1),
-            "track_id": np.int32(-1),
-            "image_id": np.int64(-1),
-            "score": np.float32(0.0),
-            "center": np.zeros((2,), np.float32),
-            "scale": np.ones((2,), np.float32),
-        }
-
-    def _crop(self, v: int, f: int, m: np.ndarray, record: str) -> np.ndarray:
-        bgr = self.cache.get(self.paths[v][f], record)
-        return cv2.cvtColor(transforms.warp_crop(bgr, m, self.cfg.image_size), cv2.COLOR_BGR2RGB)
-
-    def example(self, g: int) -> dict[str, np.ndarray]:
-        ex = self._blank()
-        g = int(g)
-        if g >= len(self.plan):
-            return ex
-        cfg, plan = self.cfg, self.plan
-        v, b = int(plan.video[g]), int(plan.frame[g])
-        center, scale = transforms.box_to_center_scale(
-            plan.box[g], cfg.aspect_ratio, padding=cfg.box_padding
-        )
-        m = transforms.get_affine_transform(center, scale, 0.0, cfg.image_size)
-        record = f"propagation row {g} (video {plan.video_names[v]!r}, frame {b})"
-        try:
-            ex["image"][0] = self._crop(v, b, m, record)
-            ex["frame_valid"][0] = True
-            for k in range(plan.num_sources):
-                a = int(plan.source_frame[g, k])
-                if a < 0:
-                    continue
-                kpts = plan.source_keypoints[g, k]
-                labeled = kpts[:, 2] > 0
-                xy = np.where(labeled[:, None], transforms.affine_points(kpts[:, :2], m), 0.0)
-                ex["target"][k], ex["target_weight"][k] = transforms.gaussian_targets(
-                    xy, labeled, cfg.heatmap_size, cfg.image_size, cfg.sigma, cfg.target_encoding
-                )
-                ex["image"][1 + k] = self._crop(v, a, m, f"{record}, source frame {a}")
-                ex["frame_valid"][1 + k] = True
-                ex["source_weight"][k] = plan.source_weight[g, k]
-        except pipeline_lib.BadImageError as err:
-            if not cfg.skip_bad_images:
-                raise
-            pipeline_lib.note_bad_image(err, cfg.bad_image_log)
-            return ex  # a padding row: no prediction for this person
-        ex.update(
-            mask=np.bool_(True),
-            video=np.int32(v),
-            frame=np.int32(b),
-            person=np.int32(g),
-            track_id=np.int32(plan.track_id[g]),
-            image_id=np.int64(self.image_ids[v][b]),
-            score=np.float32(1.0),
-            center=center.astype(np.float32),
-            scale=scale.astype(np.float32),
-        )
-        return ex
-
-
-class _LocalRow:
-    """Local example k of process p → the source's row ``(k // b) * B + p * b + k % b``."""
-
-    def __init__(self, source: _PairSource, global_batch: int, local_batch: int, process: int):
-        self.source, self.global_batch, self.local_batch = source, global_batch, local_batch
-        self.process = process
-
-    def __call__(self, k: int) -> dict[str, np.ndarray]:
-        step, row = divmod(int(k), self.local_batch)
-        g = step * self.global_batch + self.process * self.local_batch + row
-        return self.source.example(g)
-
-
 def _check_pipe_cfg(pipe_cfg: Any) -> pipeline_lib.PipelineConfig:
     if not isinstance(pipe_cfg, pipeline_lib.PipelineConfig):
         raise ValueError(f"pipe_cfg must be a PipelineConfig, got {type(pipe_cfg).__name__}")
@@ -550,7 +416,8 @@ def pair_batches(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> grain.MapDataset:
-    """This process's pair batches (module docstring) as a ``grain.MapDataset``.
+    """This process's pair batches (module docstring) as a ``grain.MapDataset``
+    (``pipeline.pair_map_dataset`` of a checked plan and config).
 
     Element i is the local part (``batch_size / process_count`` rows) of global batch i; the
     last batch is padded (``mask`` False). Crops and targets use ``pipe_cfg``'s
@@ -558,17 +425,9 @@ def pair_batches(
     """
     cfg = _check_pipe_cfg(pipe_cfg)
     _check_plan(plan, labeled)
-    pi = jax.process_index() if process_index is None else process_index
-    pc = jax.process_count() if process_count is None else process_count
-    if cfg.batch_size % pc:
-        raise ValueError(
-            f"PipelineConfig.batch_size {cfg.batch_size} is not divisible by the process count {pc}"
-        )
-    local = cfg.batch_size // pc
-    num_batches = math.ceil(len(plan) / cfg.batch_size)
-    source = _PairSource(labeled, plan, cfg)
-    ds = grain.MapDataset.range(num_batches * local)
-    return ds.map(_LocalRow(source, cfg.batch_size, local, pi)).batch(local)
+    return pipeline_lib.pair_map_dataset(
+        labeled, plan, cfg, process_index=process_index, process_count=process_count
+    )
 
 
 # ----------------------------------------------------------------------------- running it
@@ -631,8 +490,10 @@ def propagate_plan(
     pipe_cfg: pipeline_lib.PipelineConfig,
     mesh: Mesh | None = None,
     flip_test: bool = False,
+    decoding: str = "quarter",
 ) -> PropagationResult:
-    """Runs PoseWarper propagation on every row of ``plan`` (sharded over ``mesh``).
+    """Runs PoseWarper propagation on every row of ``plan`` (sharded over ``mesh``); the
+    warped maps are decoded with ``decoding`` (``inference.predict``).
 
     With several processes each reads its rows of every batch and the results are gathered,
     so every process returns all rows.
@@ -653,11 +514,8 @@ def propagate_plan(
             yield batch
 
     if n:
-        ds = pair_batches(labeled, plan, cfg).to_iter_dataset(
-            grain.ReadOptions(
-                num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_batches
-            )
-        )
+        _check_plan(plan, labeled)
+        ds = pipeline_lib.pair_dataset(labeled, plan, cfg)
         rows = predict(
             model,
             variables,
@@ -666,7 +524,7 @@ def propagate_plan(
             mesh=mesh,
             flip_test=flip_test,
             keys=_DEVICE_KEYS,
-            decoding=cfg.decoding,
+            decoding=decoding,
             sigma=cfg.sigma,
         )
         for row in rows:
@@ -708,6 +566,7 @@ def propagate_labels(
     boxes: VideoDataset | None = None,
     flip_test: bool = False,
     plan: PropagationPlan | None = None,
+    decoding: str = "quarter",
 ) -> VideoDataset:
     """PoseWarper's video pose propagation (module docstring) for every unlabeled frame
     within ``reach`` of a labeled frame.
@@ -724,6 +583,8 @@ def propagate_labels(
       flip_test: average with the mirrored pair's result (``inference.flip_batch``).
       plan: a ready plan (``plan_propagation``); ``reach``, ``blend`` and ``boxes`` are then
         not used.
+      decoding: "quarter" (HRNet's quarter-pixel step) or "dark" (sub-pixel), the decoding of
+        the warped maps (``ops.heatmaps.decode_heatmaps``).
 
     Returns:
       Predictions shaped like ``labeled`` (``predictions_from_plan``): keypoints in B's image
@@ -734,8 +595,9 @@ def propagate_labels(
     if plan is None:
         plan = plan_propagation(labeled, boxes=boxes, reach=reach, blend=blend)
     res = propagate_plan(
-        model, variables, labeled, plan, pipe_cfg=pipe_cfg, mesh=mesh, flip_test=flip_test
-    )
+        model, variables, labeled, plan, pipe_cfg=pipe_cfg, mesh=mesh, flip_test=flip_test,
+        decoding=decoding,
+    )  # fmt: skip
     return predictions_from_plan(labeled, keep_rows(plan, res.done), *_kept(res))
 
 

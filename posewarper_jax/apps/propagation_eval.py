@@ -67,6 +67,7 @@ def methods(
     mesh=None,
     flip_test: bool = False,
     bad_image_log: str = "",
+    decoding: str = "quarter",
 ) -> dict[str, Callable[[], VideoDataset]]:
     """Name -> a function computing that method's predictions on ``setting.plan``, reduced to
     the videos of ``setting.held_back`` (``propagation.select_videos``).
@@ -76,12 +77,13 @@ def methods(
         posewarper: its stage-2 variables (propagation).
       pipe_cfg, mesh, flip_test: the evaluation's crops, mesh and flip test.
       bad_image_log: ``data.skip_bad_images``' log ("" : a bad image is an error).
+      decoding: the heatmap decoding of the two networks' methods ("quarter" or "dark").
     """
     s = setting
     fns: dict[str, Callable[[], VideoDataset]] = {
         "posewarper": lambda: propagation.propagate_labels(
             model, posewarper, s.labeled, pipe_cfg=pipe_cfg, mesh=mesh, plan=s.plan,
-            flip_test=flip_test,
+            flip_test=flip_test, decoding=decoding,
         ),
         "copy_nearest": lambda: baselines.copy_nearest(s.labeled, plan=s.plan),
         "farneback": lambda: baselines.farneback(
@@ -90,7 +92,7 @@ def methods(
         ),
         "hrnet_pseudo": lambda: baselines.hrnet_pseudo(
             model, hrnet, s.labeled, pipe_cfg=pipe_cfg, mesh=mesh, plan=s.plan,
-            flip_test=flip_test,
+            flip_test=flip_test, decoding=decoding,
         ),
     }  # fmt: skip
     return {

@@ -1,4 +1,5 @@
-"""Grain input pipelines: training frame pairs (or single frames) and evaluation windows.
+"""Grain input pipelines: training frame pairs (or single frames), evaluation windows and
+propagation pairs.
 
 Training (``train_dataset``): one record per (labeled frame A, person with at least one
 labeled joint and a non-empty box). In every epoch each record draws a supporting frame B
@@ -29,6 +30,15 @@ last batch is padded to the full batch size; ``mask`` marks real rows::
 With ``skip_bad_images`` a bad window frame is blanked with ``frame_valid`` False, and a bad
 centre frame sets the row's ``mask`` False (each counted with a ``BadImageWarning``).
 
+Propagation (``pair_dataset``): fixed order; for each row of a propagation plan
+(``apps.propagation.plan_propagation``) the target frame and its source frames, all cropped
+with the row's box, and each source's joints as Gaussian maps (``pair_map_dataset`` lists the
+fields). Padded like the evaluation batches; a row with a bad image is a padding row under
+``skip_bad_images``.
+
+All three read images with one reader (``BadImageError`` naming the file and the record),
+check each person's arrays with ``person_arrays`` and skip bad images the same way.
+
 Pixel coordinates: pixel centres at integers, x right, y down.
 
 Worker processes (``num_workers > 0``) are started with "spawn": a script that iterates such
@@ -55,6 +65,7 @@ through Orbax with Grain's handler::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -62,7 +73,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import grain
@@ -73,11 +84,15 @@ from posewarper_jax.cli import ExpectedError
 from posewarper_jax.data import transforms
 from posewarper_jax.data.types import NUM_JOINTS, Person, VideoDataset
 
+if TYPE_CHECKING:
+    from posewarper_jax.apps.propagation import PropagationPlan
+
 logger = logging.getLogger(__name__)
 
 # Stream tags keep the shuffle and the per-record draws independent for equal seeds.
 _SHUFFLE_STREAM = 0
 _RECORD_STREAM = 1
+_PAIR_IMAGE_CACHE_SIZE = 32  # decoded frames kept per pair source (rows are sorted by frame)
 
 
 class BadImageError(ValueError, ExpectedError):
@@ -162,8 +177,6 @@ class PipelineConfig:
     target_encoding: "integer" (HRNet: each Gaussian centred on the rounded heatmap pixel) or
       "subpixel" (centred on the joint's exact position), ``transforms.gaussian_targets``;
       it shapes the training targets and the maps that propagation warps.
-    decoding: "quarter" (HRNet's argmax + quarter-pixel step) or "dark" (sub-pixel maximum of
-      the smoothed log-heatmap), ``ops.heatmaps.decode_heatmaps``; used by every evaluation.
     support_range: R, the supporting frame B is drawn from [t_A - R, t_A + R].
     augment: apply ``aug`` to training examples (evaluation never augments).
     aug: augmentation probabilities and factors.
@@ -188,7 +201,6 @@ class PipelineConfig:
     heatmap_stride: int = 4
     sigma: float = 1.0
     target_encoding: str = "integer"
-    decoding: str = "quarter"
     support_range: int = 2
     augment: bool = True
     aug: transforms.AugmentConfig = dataclasses.field(default_factory=transforms.AugmentConfig)
@@ -224,10 +236,6 @@ class PipelineConfig:
         encodings = transforms.TARGET_ENCODINGS
         if self.target_encoding not in encodings:
             bad("target_encoding", self.target_encoding, f"must be one of {encodings}")
-        from posewarper_jax.ops.heatmaps import DECODINGS  # the main process has JAX
-
-        if self.decoding not in DECODINGS:
-            bad("decoding", self.decoding, f"must be one of {DECODINGS}")
         if self.support_range < 0:
             bad("support_range", self.support_range, "must be >= 0")
         if not isinstance(self.aug, transforms.AugmentConfig):
@@ -311,8 +319,9 @@ class _FrameTable:
         return int(self.image_ids[self.offsets[video] + frame])
 
 
-def _checked_person(person: Person, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (keypoints float32 [J, 3], box float32 [4]) or raises naming ``where``."""
+def person_arrays(person: Person, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(keypoints float32 [J, 3], box float32 [4] (x, y, w, h)) of a person; a ValueError
+    naming ``where`` (the file and the person) for a malformed array. No keypoints: zeros."""
     if person.keypoints is None:
         kpts = np.zeros((NUM_JOINTS, 3), np.float32)
     else:
@@ -351,7 +360,7 @@ def _collect(
                 continue
             for pi, person in enumerate(people_of(vi, frame.index)):
                 where = f"video {video.name!r} frame {frame.index} person {pi} ({video.source})"
-                kpts, box = _checked_person(person, where)
+                kpts, box = person_arrays(person, where)
                 if require_labeled_joint and not np.any(kpts[:, 2] > 0):
                     continue
                 if box[2] <= 0 or box[3] <= 0:
@@ -420,11 +429,43 @@ def steps_per_epoch(dataset: VideoDataset, config: PipelineConfig) -> int:
 
 
 def _read_bgr(path: str, record: str) -> np.ndarray:
+    """The BGR image at ``path``; a ``BadImageError`` naming it and ``record`` if it is
+    missing or cannot be decoded."""
     img = storage.read_image(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         why = "missing" if not storage.exists(path) else "unreadable (corrupt or not an image)"
         raise BadImageError(f"image {path!r} is {why}; needed by {record}", path)
     return img
+
+
+class _ImageCache:
+    """A small thread-safe LRU of ``_read_bgr``'s frames (rows sorted by frame share reads)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str, record: str) -> np.ndarray:
+        with self._lock:
+            img = self._items.get(path)
+            if img is not None:
+                self._items.move_to_end(path)
+                return img
+        img = _read_bgr(path, record)
+        with self._lock:
+            self._items[path] = img
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return img
+
+
+def _skip_bad_image(err: BadImageError, cfg: PipelineConfig) -> None:
+    """Re-raises ``err`` unless ``cfg.skip_bad_images``; otherwise notes the skip
+    (``note_bad_image``) and returns, and the caller leaves the image out."""
+    if not cfg.skip_bad_images:
+        raise err
+    note_bad_image(err, cfg.bad_image_log)
 
 
 def _crop_rgb(bgr: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -482,9 +523,7 @@ class _TrainSource:
             try:
                 ex = self._make(epoch, (rec + attempt) % n)
             except BadImageError as err:
-                if not self.cfg.skip_bad_images:
-                    raise
-                note_bad_image(err, self.cfg.bad_image_log)
+                _skip_bad_image(err, self.cfg)
                 continue
             ex["replaced"] = np.int32(attempt > 0)
             return ex
@@ -539,6 +578,21 @@ class _TrainSource:
         }
 
 
+def _blank_row() -> dict[str, np.ndarray]:
+    """The row fields of an evaluation window or propagation pair, as on a padding row."""
+    return {
+        "mask": np.bool_(False),
+        "video": np.int32(-1),
+        "frame": np.int32(-1),
+        "person": np.int32(-1),
+        "track_id": np.int32(-1),
+        "image_id": np.int64(-1),
+        "score": np.float32(0.0),
+        "center": np.zeros((2,), np.float32),
+        "scale": np.ones((2,), np.float32),
+    }
+
+
 class _EvalSource:
     """Global example index → evaluation window (index >= len: a padding row)."""
 
@@ -558,18 +612,10 @@ class _EvalSource:
             "image": np.zeros((t, h, w, 3), np.uint8),
             "frame_valid": np.zeros((t,), np.bool_),
             "frame_index": np.full((t,), -1, np.int32),
-            "mask": np.bool_(False),
             "target": np.zeros((*cfg.heatmap_size, j), np.float32),
             "target_weight": np.zeros((j,), np.float32),
             "joints": np.zeros((j, 3), np.float32),
-            "video": np.int32(-1),
-            "frame": np.int32(-1),
-            "person": np.int32(-1),
-            "track_id": np.int32(-1),
-            "image_id": np.int64(-1),
-            "score": np.float32(0.0),
-            "center": np.zeros((2,), np.float32),
-            "scale": np.ones((2,), np.float32),
+            **_blank_row(),
         }
 
     def example(self, g: int) -> dict[str, np.ndarray]:
@@ -602,9 +648,7 @@ class _EvalSource:
                         cfg.image_size,
                     )
                 except BadImageError as err:
-                    if not cfg.skip_bad_images:
-                        raise
-                    note_bad_image(err, cfg.bad_image_log)
+                    _skip_bad_image(err, cfg)
                     crops[fi] = None
             if crops[fi] is not None:
                 ex["image"][t] = crops[fi]
@@ -626,6 +670,73 @@ class _EvalSource:
             score=np.float32(rec.score[g]),
             center=center,
             scale=scale,
+        )
+        return ex
+
+
+class _PairSource:
+    """Propagation plan row → pair example (index >= len: a padding row)."""
+
+    def __init__(self, table: _FrameTable, plan: PropagationPlan, cfg: PipelineConfig) -> None:
+        self.table, self.plan, self.cfg = table, plan, cfg
+        self.cache = _ImageCache(_PAIR_IMAGE_CACHE_SIZE)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def _blank(self) -> dict[str, np.ndarray]:
+        cfg, s, j = self.cfg, self.plan.num_sources, NUM_JOINTS
+        h, w = cfg.image_size
+        return {
+            "image": np.zeros((1 + s, h, w, 3), np.uint8),
+            "frame_valid": np.zeros((1 + s,), np.bool_),
+            "target": np.zeros((s, *cfg.heatmap_size, j), np.float32),
+            "target_weight": np.zeros((s, j), np.float32),
+            "source_weight": np.zeros((s,), np.float32),
+            **_blank_row(),
+        }
+
+    def _crop(self, v: int, f: int, m: np.ndarray, record: str) -> np.ndarray:
+        return _crop_rgb(self.cache.get(self.table.path(v, f), record), m, self.cfg.image_size)
+
+    def example(self, g: int) -> dict[str, np.ndarray]:
+        ex = self._blank()
+        g = int(g)
+        if g >= len(self.plan):
+            return ex
+        cfg, plan = self.cfg, self.plan
+        v, b = int(plan.video[g]), int(plan.frame[g])
+        center, scale = transforms.box_to_center_scale(
+            plan.box[g], cfg.aspect_ratio, padding=cfg.box_padding
+        )
+        m = transforms.get_affine_transform(center, scale, 0.0, cfg.image_size)
+        record = f"propagation row {g} (video {plan.video_names[v]!r}, frame {b})"
+        try:
+            ex["image"][0] = self._crop(v, b, m, record)
+            ex["frame_valid"][0] = True
+            for k in range(plan.num_sources):
+                a = int(plan.source_frame[g, k])
+                if a < 0:
+                    continue
+                _, ex["target"][k], ex["target_weight"][k] = _crop_joints(
+                    plan.source_keypoints[g, k], m, False, cfg
+                )
+                ex["image"][1 + k] = self._crop(v, a, m, f"{record}, source frame {a}")
+                ex["frame_valid"][1 + k] = True
+                ex["source_weight"][k] = plan.source_weight[g, k]
+        except BadImageError as err:
+            _skip_bad_image(err, cfg)
+            return ex  # a padding row (mask False): no prediction for this person
+        ex.update(
+            mask=np.bool_(True),
+            video=np.int32(v),
+            frame=np.int32(b),
+            person=np.int32(g),
+            track_id=np.int32(plan.track_id[g]),
+            image_id=np.int64(self.table.image_id(v, b)),
+            score=np.float32(1.0),
+            center=center.astype(np.float32),
+            scale=scale.astype(np.float32),
         )
         return ex
 
@@ -671,13 +782,26 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
     cv2.setNumThreads(1)  # one core per worker process: no oversubscription
 
 
-def _to_iter(ds: grain.MapDataset, config: PipelineConfig) -> grain.IterDataset:
+def _batched(
+    source, num_batches: int, config: PipelineConfig, process_index: int, local_batch: int
+) -> grain.MapDataset:
+    """The ``source``'s examples as ``num_batches`` local batches of this process."""
+    ds = grain.MapDataset.range(num_batches * local_batch)
+    ds = ds.map(_LocalExample(source, config.batch_size, local_batch, process_index))
+    return ds.batch(local_batch, drop_remainder=True)
+
+
+def _to_iter(
+    ds: grain.MapDataset, config: PipelineConfig, workers: bool = True
+) -> grain.IterDataset:
+    """``ds`` read by ``config.read_threads`` threads, and by ``config.num_workers``
+    processes when ``workers``."""
     it = ds.to_iter_dataset(
         grain.ReadOptions(
             num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_batches
         )
     )
-    if config.num_workers > 0:
+    if workers and config.num_workers > 0:
         # Grain's worker start-up reads absl flags and fails when the program never parsed
         # them (pytest, notebooks; google/grain#1355): take the defaults in that case.
         from absl import flags
@@ -724,30 +848,17 @@ def train_map_dataset(
         num_batches = sys.maxsize // (2 * config.batch_size)
     else:
         num_batches = len(records) * config.num_epochs // config.batch_size
-    ds = grain.MapDataset.range(num_batches * local)
-    ds = ds.map(_LocalExample(source, config.batch_size, local, pi))
-    return ds.batch(local, drop_remainder=True)
+    return _batched(source, num_batches, config, pi, local)
 
 
 def train_dataset(
-    dataset: VideoDataset,
-    config: PipelineConfig,
-    *,
-    paired: bool = True,
-    process_index: int | None = None,
-    process_count: int | None = None,
+    dataset: VideoDataset, config: PipelineConfig, **options: Any
 ) -> grain.IterDataset:
     """Training batches as a ``grain.IterDataset`` with ``config.num_workers`` decoding
     processes. ``iter()`` it; the iterator's ``get_state``/``set_state`` resume exactly.
-    Arguments as for ``train_map_dataset``."""
-    ds = train_map_dataset(
-        dataset,
-        config,
-        paired=paired,
-        process_index=process_index,
-        process_count=process_count,
-    )
-    return _to_iter(ds, config)
+    The keyword ``options`` (paired, process_index, process_count) as for
+    ``train_map_dataset``."""
+    return _to_iter(train_map_dataset(dataset, config, **options), config)
 
 
 def eval_map_dataset(
@@ -785,33 +896,62 @@ def eval_map_dataset(
         dataset, _people_source(dataset, boxes), frames=frames, require_labeled_joint=False
     )
     source = _EvalSource(_FrameTable(dataset), records, config, offsets)
-    num_batches = math.ceil(len(records) / config.batch_size)
-    ds = grain.MapDataset.range(num_batches * local)
-    ds = ds.map(_LocalExample(source, config.batch_size, local, pi))
-    return ds.batch(local, drop_remainder=True)
+    return _batched(source, math.ceil(len(records) / config.batch_size), config, pi, local)
 
 
 def eval_dataset(
+    dataset: VideoDataset, config: PipelineConfig, **options: Any
+) -> grain.IterDataset:
+    """Evaluation batches as a finite ``grain.IterDataset``; the keyword ``options`` (boxes,
+    frames, offsets, process_index, process_count) as for ``eval_map_dataset``."""
+    return _to_iter(eval_map_dataset(dataset, config, **options), config)
+
+
+def pair_map_dataset(
     dataset: VideoDataset,
+    plan: PropagationPlan,
     config: PipelineConfig,
     *,
-    boxes: BoxSource = "gt",
-    frames: str = "labeled",
-    offsets: Sequence[int] | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
+) -> grain.MapDataset:
+    """This process's propagation pair batches, in plan order, as a ``grain.MapDataset``.
+
+    Args:
+      dataset: the videos ``plan`` was made for (``apps.propagation.plan_propagation``).
+      plan: one row per (target frame B, person) with S sources each.
+      config: crop size, heatmap stride, σ, target encoding, box padding and batch size; no
+        augmentation.
+
+    A batch::
+
+      image          uint8   [B, 1+S, H, W, 3]  t=0 the target frame B, t=1..S the sources A
+      frame_valid    bool    [B, 1+S]           False for a missing source
+      target         float32 [B, S, h, w, J]    Gaussian maps of each source's joints in the crop
+      target_weight  float32 [B, S, J]          1 where the joint is labeled and on the heatmap
+      source_weight  float32 [B, S]             the plan's weight of each source (0: none)
+      mask           bool    [B]                real rows
+      video, frame, track_id   int32 [B]        target video, frame B, track
+      person         int32   [B]                the row's index in the plan
+      image_id       int64   [B];  score float32 [B] (1)
+      center, scale  float32 [B, 2]             the crop of the row's box (B's image)
+
+    Every frame of a row is cut with the row's box. With ``skip_bad_images`` a row with a bad
+    frame becomes a padding row (``mask`` False). All processes get the same number of
+    batches; rows past the end have ``mask`` False.
+    """
+    pi, _, local = _process_slice(config, process_index, process_count)
+    source = _PairSource(_FrameTable(dataset), plan, config)
+    return _batched(source, math.ceil(len(plan) / config.batch_size), config, pi, local)
+
+
+def pair_dataset(
+    dataset: VideoDataset, plan: PropagationPlan, config: PipelineConfig, **options: Any
 ) -> grain.IterDataset:
-    """Evaluation batches as a finite ``grain.IterDataset``; see ``eval_map_dataset``."""
-    ds = eval_map_dataset(
-        dataset,
-        config,
-        boxes=boxes,
-        frames=frames,
-        offsets=offsets,
-        process_index=process_index,
-        process_count=process_count,
-    )
-    return _to_iter(ds, config)
+    """Propagation pair batches as a finite ``grain.IterDataset`` read by ``read_threads``
+    threads of this process (no worker processes: the rows share decoded frames); the
+    keyword ``options`` as for ``pair_map_dataset``."""
+    return _to_iter(pair_map_dataset(dataset, plan, config, **options), config, workers=False)
 
 
 def make_global_batch(
