@@ -1,8 +1,9 @@
-"""From an ml_collections config to the objects of a run: data, pipeline settings, model.
+"""From an ml_collections config to the objects of a run: settings, data, pipeline, model.
 
-Only this module and the trainer read the whole config; everything below them takes plain
-keyword arguments. ``validate`` checks the config at start-up so that a bad value fails
-before any work, with the field named.
+Only this module reads the config: ``settings(config)`` checks it (``validate``: a bad value
+fails before any work, with the field named) and reads it once into ``settings.Settings``,
+which the job, the trainer and the commands take. The functions below take those settings
+(or, for tests and one-off scripts, a config, read into settings on the way in).
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ from posewarper_jax.models.posewarper import BACKBONE_BN_MODES, PoseWarper
 from posewarper_jax.models.warping import WarpingHeadConfig
 from posewarper_jax.ops import IMPLS
 from posewarper_jax.ops.heatmaps import DECODINGS
+from posewarper_jax.settings import (
+    AugmentSettings,
+    DataSettings,
+    EvalSettings,
+    InputSettings,
+    ModelSettings,
+    PretrainSettings,
+    Settings,
+    SparseSettings,
+    StageSettings,
+)
 from posewarper_jax.training import STAGE2_TARGETS
 
 DATA_KINDS = ("synthetic", "posetrack18", "posetrack17")
@@ -49,11 +61,131 @@ def _checked(query, field: str, path: str) -> bool:
         _fail(field, path, str(err).partition(": ")[2] or str(err))
 
 
-def data_path(config: mlc.ConfigDict, rel: str) -> str:
+Config = Settings | mlc.ConfigDict  # what the functions below read
+
+
+def data_path(config: Config, rel: str) -> str:
     """``rel`` resolved against ``config.data.root`` unless it is absolute."""
     if os.path.isabs(rel) or storage.is_remote(rel):
         return rel
     return storage.join(config.data.root, rel)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def settings(config: mlc.ConfigDict, *, check: bool = True) -> Settings:
+    """The run's ``Settings``, read once from ``config``; ``check``: ``validate`` it first.
+
+    Fields a config written before they existed lacks get their old behaviour
+    (``heatmap_coding``, ``eval_split``, ...).
+
+    Raises:
+      ConfigError: (``check``) a value that cannot work, the field named.
+    """
+    if check:
+        validate(config)
+    d, s, i, m, e, a = (config[k] for k in ("data", "sparse", "input", "model", "eval", "augment"))
+    encoding, decoding = heatmap_coding(config)
+    kind = str(d.kind)
+    data = DataSettings(
+        kind=kind,
+        root=str(d.root),
+        train_ann=str(d.train_ann),
+        val_ann=str(d.val_ann),
+        val_detections=str(d.val_detections or ""),
+        detection_threshold=float(d.detection_threshold),
+        skip_bad_images=bool(d.get("skip_bad_images", False)),
+        synthetic_preset=str(d.get("synthetic_preset", "default")),
+        synthetic_seed=int(d.get("synthetic_seed", 0)),
+        synthetic_overrides=str(d.get("synthetic_overrides") or ""),
+        synthetic=synthetic_config(config) if kind == "synthetic" else None,
+    )
+    pretrain = None
+    if config.get("pretrain"):
+        p = config.pretrain
+        pretrain = PretrainSettings(
+            data=str(p.data),
+            root=pretrain_root(config),
+            ann=str(p.get("ann", "") or ""),
+            synthetic_preset=str(p.get("synthetic_preset", "stills")),
+            stage=stage_settings(p),
+        )
+    return Settings(
+        data=data,
+        sparse=SparseSettings(
+            every_k=int(s.every_k),
+            num_videos=int(s.num_videos),
+            frames_per_video=int(s.frames_per_video),
+            seed=int(s.seed),
+        ),
+        input=InputSettings(
+            image_size=tuple(int(v) for v in i.image_size),
+            sigma=float(i.sigma),
+            target_encoding=encoding,
+            support_range=int(i.support_range),
+            num_workers=int(i.num_workers),
+            read_threads=int(i.read_threads),
+            flip_prob=float(i.flip_prob),
+            rotation_factor=float(i.rotation_factor),
+            rotation_prob=float(i.rotation_prob),
+            scale_factor=float(i.scale_factor),
+            half_body_prob=float(i.half_body_prob),
+        ),
+        model=ModelSettings(
+            backbone=str(m.backbone),
+            pretrained=str(m.pretrained or ""),
+            head_channels=int(m.head_channels),
+            head_blocks=int(m.head_blocks),
+            dilations=tuple(int(v) for v in m.dilations),
+            backbone_bn=str(m.backbone_bn),
+            dtype=str(m.dtype),
+            deform_impl=str(m.get("deform_impl", "auto")),
+        ),
+        pretrain=pretrain,
+        stage1=stage_settings(config.stage1),
+        stage2=stage_settings(config.stage2),
+        eval=EvalSettings(
+            batch_size=int(e.batch_size),
+            propagation_every_k=int(e.propagation_every_k),
+            propagation_reach=int(e.propagation_reach),
+            flip_test=bool(e.get("flip_test", False)),
+            decoding=decoding,
+            split=eval_split(config),
+        ),
+        augment=AugmentSettings(
+            deltas=tuple(int(v) for v in a.deltas),
+            min_confidence=float(a.min_confidence),
+            match_stage1_steps=bool(a.match_stage1_steps),
+        ),
+        seed=int(config.seed),
+        checkpoint_every=int(config.checkpoint_every),
+        keep_checkpoints=int(config.keep_checkpoints),
+        log_every=int(config.log_every),
+        evaluate=bool(config.get("evaluate", True)),
+        config_json=config.to_json_best_effort(indent=2),
+    )
+
+
+def stage_settings(stage: mlc.ConfigDict) -> StageSettings:
+    """One stage's section of the config (``config.stage1``, ...) as ``StageSettings``."""
+    return StageSettings(
+        epochs=int(stage.epochs),
+        max_steps=int(stage.max_steps),
+        batch_size=int(stage.batch_size),
+        lr=float(stage.lr),
+        schedule=str(stage.schedule),
+        lr_steps=tuple(stage.lr_steps),
+        lr_factor=float(stage.lr_factor),
+        warmup_steps=int(stage.warmup_steps),
+        weight_decay=float(stage.weight_decay),
+        target=str(stage.get("target", "ground_truth")),
+    )
+
+
+def _settings(config: Config) -> Settings:
+    """``config`` as ``Settings`` (read without the checks when it is a config)."""
+    return config if isinstance(config, Settings) else settings(config, check=False)
 
 
 def validate(config: mlc.ConfigDict) -> None:
@@ -190,30 +322,34 @@ def _validate_pretrain(config: mlc.ConfigDict) -> None:
 # ----------------------------------------------------------------------------- data
 
 
-def pretraining(config: mlc.ConfigDict) -> bool:
+def pretraining(config: Config) -> bool:
     """Whether the job pre-trains HRNet: ``pretrain.data`` names a data set and no
     ``model.pretrained`` checkpoint replaces the phase."""
+    if isinstance(config, Settings):
+        return config.pretraining
     p = config.get("pretrain")
     return bool(p) and p.data != "none" and not config.model.pretrained
 
 
-def pretrain_root(config: mlc.ConfigDict) -> str:
+def pretrain_root(config: Config) -> str:
     """``pretrain.root``, or ``data.root`` + "_stills" for the synthetic set."""
-    return config.pretrain.root or config.data.root.rstrip("/\\") + "_stills"
+    if isinstance(config, Settings):
+        return config.pretrain.root
+    return config.pretrain.get("root", "") or config.data.root.rstrip("/\\") + "_stills"
 
 
-def pretrain_dataset(config: mlc.ConfigDict) -> VideoDataset:
+def pretrain_dataset(config: Config) -> VideoDataset:
     """The pre-training set of ``config.pretrain`` (``ensure_data`` generates the synthetic one):
     every frame labeled, all of it used."""
     from posewarper_jax.data import coco, synthetic
 
-    p, root = config.pretrain, pretrain_root(config)
+    p = _settings(config).pretrain
     if p.data == "coco":
-        return coco.load_coco_keypoints(p.ann, root)
-    return synthetic.load_split(root, "train")
+        return coco.load_coco_keypoints(p.ann, p.root)
+    return synthetic.load_split(p.root, "train")
 
 
-def ensure_data(config: mlc.ConfigDict, *, progress: bool = True) -> None:
+def ensure_data(config: Config, *, progress: bool = True) -> None:
     """Generates the synthetic data set under ``data.root``, and the synthetic pre-training
     set (``pretrain_root``) when the job pre-trains on it, unless they are already there."""
     from posewarper_jax import cli
@@ -231,11 +367,12 @@ def ensure_data(config: mlc.ConfigDict, *, progress: bool = True) -> None:
         except ValueError as e:  # a root holding something else, named by the generator
             _fail(field, root, str(e))
 
-    if config.data.kind == "synthetic":
-        make("data.root", config.data.root, synthetic_config(config))
-    if pretraining(config) and config.pretrain.data == "synthetic":
-        preset = synthetic.get_config(config.pretrain.synthetic_preset)
-        make("pretrain.root", pretrain_root(config), preset)
+    s = _settings(config)
+    if s.data.kind == "synthetic":
+        make("data.root", s.data.root, s.data.synthetic)
+    if s.pretraining and s.pretrain.data == "synthetic":
+        preset = synthetic.get_config(s.pretrain.synthetic_preset)
+        make("pretrain.root", s.pretrain.root, preset)
 
 
 def synthetic_config(config: mlc.ConfigDict):
@@ -271,23 +408,26 @@ def synthetic_config(config: mlc.ConfigDict):
         _fail("data.synthetic_overrides", d.synthetic_overrides, str(err))
 
 
-def load_split(config: mlc.ConfigDict, split: str) -> VideoDataset:
+def load_split(config: Config, split: str) -> VideoDataset:
     """The full annotation of ``split`` ("train" or "val")."""
     from posewarper_jax.data import posetrack17, posetrack18
 
-    ann = data_path(config, config.data[f"{split}_ann"])
-    if config.data.kind == "posetrack17":
-        return posetrack17.load_posetrack17(ann, config.data.root)
-    return posetrack18.load_posetrack18(ann, config.data.root)
+    d = _settings(config).data
+    ann = data_path(config, d.train_ann if split == "train" else d.val_ann)
+    if d.kind == "posetrack17":
+        return posetrack17.load_posetrack17(ann, d.root)
+    return posetrack18.load_posetrack18(ann, d.root)
 
 
-def eval_split(config: mlc.ConfigDict) -> str:
+def eval_split(config: Config) -> str:
     """``eval.split``: the validation videos a run scores (``data.splits``: ``test``, ``dev``
     or ``all``); ``all`` for a config written before the field existed."""
+    if isinstance(config, Settings):
+        return config.eval.split
     return str(config.eval.get("split", "all"))
 
 
-def eval_videos(config: mlc.ConfigDict, split: str | None = None) -> VideoDataset:
+def eval_videos(config: Config, split: str | None = None) -> VideoDataset:
     """The validation videos of ``split`` (default ``eval_split(config)``) by the fixed rule
     of ``data.splits``.
 
@@ -295,26 +435,27 @@ def eval_videos(config: mlc.ConfigDict, split: str | None = None) -> VideoDatase
       ConfigError: an unknown split, or one holding no video of this validation set (a set of
         one video has no ``dev`` split).
     """
-    split = eval_split(config) if split is None else split
+    s = _settings(config)
+    split = s.eval.split if split is None else split
     if split not in splits.SPLITS:
         _fail("eval.split", split, f"must be one of {splits.SPLITS}")
-    val = load_split(config, "val")
+    val = load_split(s, "val")
     out = splits.select(val, split)
     if not out.videos:
         _fail(
             "eval.split",
             split,
-            f"no validation video of {data_path(config, config.data.val_ann)} falls in it "
+            f"no validation video of {data_path(s, s.data.val_ann)} falls in it "
             f"({len(val.videos)} video(s); {splits.RULE}); choose another split",
         )
     return out
 
 
-def sparse_subset(config: mlc.ConfigDict, dataset: VideoDataset):
+def sparse_subset(config: Config, dataset: VideoDataset):
     """(subset, held_back) of ``dataset`` as ``config.sparse`` asks."""
     from posewarper_jax.data import sparse
 
-    s = config.sparse
+    s = _settings(config).sparse
     try:
         return sparse.make_sparse_subset(
             dataset,
@@ -331,18 +472,22 @@ def sparse_subset(config: mlc.ConfigDict, dataset: VideoDataset):
 # ----------------------------------------------------------------------------- pipeline
 
 
-def heatmap_coding(config: mlc.ConfigDict) -> tuple[str, str]:
+def heatmap_coding(config: Config) -> tuple[str, str]:
     """(``input.target_encoding``, ``eval.decoding``); HRNet's coding for a config without
     the fields (written before they existed)."""
+    if isinstance(config, Settings):
+        return config.input.target_encoding, config.eval.decoding
     return (
         str(config.input.get("target_encoding", "integer")),
         str(config.eval.get("decoding", "quarter")),
     )
 
 
-def pipeline_config(config: mlc.ConfigDict, stage: str, **overrides) -> pipeline_lib.PipelineConfig:
-    """The input pipeline's settings for ``stage`` ("stage1", "stage2", "eval")."""
-    i = config.input
+def pipeline_config(config: Config, use: str, **overrides) -> pipeline_lib.PipelineConfig:
+    """The input pipeline's settings for ``use``: "eval", or the training stage of that name
+    ("stage1", "stage2", "pretrain", ...: its batch size, augmented and shuffled)."""
+    s = _settings(config)
+    i = s.input
     aug = transforms.AugmentConfig(
         flip_prob=i.flip_prob,
         rotation_factor=i.rotation_factor,
@@ -350,21 +495,20 @@ def pipeline_config(config: mlc.ConfigDict, stage: str, **overrides) -> pipeline
         scale_factor=i.scale_factor,
         half_body_prob=i.half_body_prob,
     )
-    batch = config.eval.batch_size if stage == "eval" else config[stage].batch_size
-    encoding = heatmap_coding(config)[0]
+    batch = s.eval.batch_size if use == "eval" else s.stage(use).batch_size
     kwargs = dict(
-        image_size=tuple(i.image_size),
-        sigma=float(i.sigma),
-        target_encoding=encoding,
-        support_range=int(i.support_range),
+        image_size=i.image_size,
+        sigma=i.sigma,
+        target_encoding=i.target_encoding,
+        support_range=i.support_range,
         aug=aug,
-        augment=stage != "eval",
-        shuffle=stage != "eval",
-        batch_size=int(batch),
-        num_workers=int(i.num_workers),
-        read_threads=int(i.read_threads),
-        seed=int(config.seed),
-        skip_bad_images=bool(config.data.get("skip_bad_images", False)),
+        augment=use != "eval",
+        shuffle=use != "eval",
+        batch_size=batch,
+        num_workers=i.num_workers,
+        read_threads=i.read_threads,
+        seed=s.seed,
+        skip_bad_images=s.data.skip_bad_images,
     )
     kwargs.update(overrides)
     return pipeline_lib.PipelineConfig(**kwargs)
@@ -373,20 +517,20 @@ def pipeline_config(config: mlc.ConfigDict, stage: str, **overrides) -> pipeline
 # ----------------------------------------------------------------------------- model
 
 
-def head_config(config: mlc.ConfigDict) -> WarpingHeadConfig:
-    m = config.model
+def head_config(config: Config) -> WarpingHeadConfig:
+    m = _settings(config).model
     return WarpingHeadConfig(
-        channels=int(m.head_channels),
-        num_blocks=int(m.head_blocks),
-        dilations=tuple(int(d) for d in m.dilations),
+        channels=m.head_channels,
+        num_blocks=m.head_blocks,
+        dilations=m.dilations,
         dtype=DTYPES[m.dtype],
-        deform_impl=str(m.get("deform_impl", "auto")),
+        deform_impl=m.deform_impl,
     )
 
 
-def make_model(config: mlc.ConfigDict) -> PoseWarper:
-    m = config.model
+def make_model(config: Config) -> PoseWarper:
+    s = _settings(config)
+    m = s.model
     hrnet = get_hrnet_config(m.backbone, dtype=DTYPES[m.dtype])
-    head = head_config(config)
-    head = dataclasses.replace(head, num_joints=hrnet.num_joints)
+    head = dataclasses.replace(head_config(s), num_joints=hrnet.num_joints)
     return PoseWarper(hrnet_config=hrnet, head_config=head, backbone_bn=m.backbone_bn)

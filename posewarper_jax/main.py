@@ -10,7 +10,7 @@ print one line ``error: ...`` and exit with status 2; ``--debug`` shows their tr
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from posewarper_jax import cli, distributed, job
+from posewarper_jax import cli, distributed, experiment, job
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where checkpoints and results go.")
@@ -24,7 +24,8 @@ def main(argv):
         # Orbax and Grain log every save at INFO; the console keeps to progress lines.
         logging.set_verbosity(logging.WARNING)
     distributed.initialize()
-    summary = job.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    settings = experiment.settings(_CONFIG.value)  # the config, checked and read once
+    summary = job.run(settings, _WORKDIR.value)
     if summary["report"]:
         print(f"report: {summary['report']['markdown']}", flush=True)
     print(f"done: results in {summary['workdir']}", flush=True)

@@ -1,6 +1,10 @@
-"""The two training stages: HRNet on the labeled frames, then the warping head.
+"""Training a stage: HRNet on labeled frames, or the warping head on frame pairs.
 
-One stage = one ``run_stage`` call. The train state is a plain pytree
+A training stage (``pretrain``, ``stage1``, ``stage2``, ``stage1_augmented``: one folder of
+the workdir) is one ``run_stage`` call. What it trains is its ``kind``: ``"hrnet"`` (the
+backbone on single frames, the paper's stage 1) or ``"head"`` (the warping head on frame
+pairs with the backbone frozen, the paper's stage 2); its recipe is a
+``settings.StageSettings``. The train state (``train_state``) is a plain pytree
 ``{"step", "params", "batch_stats", "opt_state"}`` replicated over a one-axis ``data`` mesh;
 batches are sharded over it, so the same code runs on one CPU, 8 GPUs or a pod.
 
@@ -26,7 +30,6 @@ from typing import Any
 import grain
 import jax
 import jax.numpy as jnp
-import ml_collections as mlc
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -39,6 +42,7 @@ from posewarper_jax.data.types import VideoDataset
 from posewarper_jax.logs import log as _log
 from posewarper_jax.models.freeze import freeze_optimizer
 from posewarper_jax.models.posewarper import PoseWarper
+from posewarper_jax.settings import StageSettings
 from posewarper_jax.training_log import MetricWriter, Progress
 
 BATCH_KEYS = ("image", "target", "target_weight")
@@ -79,20 +83,33 @@ def joints_mse(pred: jnp.ndarray, target: jnp.ndarray, weight: jnp.ndarray) -> j
     return 0.5 * jnp.mean(jnp.square(diff))
 
 
+HRNET, HEAD = "hrnet", "head"
+# What a stage trains -> the number of the paper's stage that trains it (``models.freeze``).
+KINDS = {HRNET: 1, HEAD: 2}
+
+
+def stage_number(kind: str | int) -> int:
+    """The paper's stage number (1 or 2) of ``kind`` (``"hrnet"`` or ``"head"``); the numbers
+    themselves name the same kinds."""
+    if kind in KINDS:
+        return KINDS[kind]
+    if kind in KINDS.values():
+        return int(kind)
+    raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+
+
 def learning_rate_schedule(
-    stage_cfg: mlc.ConfigDict, steps_per_epoch: int, total_steps: int
+    stage: StageSettings, steps_per_epoch: int, total_steps: int
 ) -> optax.Schedule:
     """The recipe's step schedule (LR x ``lr_factor`` at the epochs in ``lr_steps``), or
     cosine decay; either after an optional linear warm-up."""
-    lr = float(stage_cfg.lr)
-    warmup = int(stage_cfg.warmup_steps)
-    if stage_cfg.schedule == "cosine":
+    lr = float(stage.lr)
+    warmup = int(stage.warmup_steps)
+    if stage.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
             0.0, lr, warmup, max(total_steps, warmup + 1), end_value=0.0
         )
-    boundaries = {
-        int(round(e * steps_per_epoch)): float(stage_cfg.lr_factor) for e in stage_cfg.lr_steps
-    }
+    boundaries = {int(round(e * steps_per_epoch)): float(stage.lr_factor) for e in stage.lr_steps}
     main = optax.piecewise_constant_schedule(lr, boundaries)
     if warmup <= 0:
         return main
@@ -101,13 +118,26 @@ def learning_rate_schedule(
     )
 
 
-def make_optimizer(stage_cfg: mlc.ConfigDict, stage: int, schedule) -> optax.GradientTransformation:
-    """Adam (AdamW with ``weight_decay``) on the parameters ``stage`` trains; others frozen."""
-    if stage_cfg.weight_decay > 0:
-        tx = optax.adamw(schedule, weight_decay=float(stage_cfg.weight_decay))
+def make_optimizer(stage: StageSettings, kind: str | int, schedule) -> optax.GradientTransformation:
+    """Adam (AdamW with ``weight_decay``) on the parameters ``kind`` trains; others frozen."""
+    if stage.weight_decay > 0:
+        tx = optax.adamw(schedule, weight_decay=float(stage.weight_decay))
     else:
         tx = optax.adam(schedule)
-    return freeze_optimizer(tx, stage)
+    return freeze_optimizer(tx, stage_number(kind))
+
+
+def train_state(
+    variables: dict[str, Any], tx: optax.GradientTransformation, step: int = 0
+) -> dict[str, Any]:
+    """The train state a stage trains and checkpoints: ``variables`` at step ``step`` with
+    ``tx``'s initial optimizer state."""
+    return {
+        "step": jnp.asarray(step, jnp.int32),
+        "params": variables["params"],
+        "batch_stats": variables["batch_stats"],
+        "opt_state": tx.init(variables["params"]),
+    }
 
 
 def init_variables(model: PoseWarper, image_size, seed: int) -> dict[str, Any]:
@@ -126,10 +156,10 @@ def init_variables(model: PoseWarper, image_size, seed: int) -> dict[str, Any]:
 STAGE2_TARGETS = ("ground_truth", "backbone")
 
 
-def _stage_loss(model, variables, batch, stage: int, target: str, train: bool):
+def _loss(model, variables, batch, kind: str | int, target: str, train: bool):
     """(loss, batch_stats updates or None) of one batch; see ``make_train_step``."""
     mutable = ["batch_stats"] if train else False
-    if stage == 1:
+    if stage_number(kind) == 1:
         out = model.apply(
             variables, batch["image"][:, :1], train, method="heatmaps", mutable=mutable
         )
@@ -147,20 +177,23 @@ def _stage_loss(model, variables, batch, stage: int, target: str, train: bool):
 
 
 def make_train_step(
-    model: PoseWarper, tx: optax.GradientTransformation, stage: int, target: str = "ground_truth"
+    model: PoseWarper,
+    tx: optax.GradientTransformation,
+    kind: str | int,
+    target: str = "ground_truth",
 ) -> Callable[[dict, dict], tuple[dict, dict]]:
     """``step(state, batch) -> (state, metrics)``: one optimizer step.
 
-    Stage 1 trains the backbone on single frames (``batch["image"][:, :1]``); stage 2 the
-    warping head on frame pairs (A's heatmaps predicted from B's, backbone frozen). Stage 2's
-    ``target``: ``ground_truth`` (A's labels, the paper's recipe) or ``backbone`` (the frozen
-    backbone's heatmaps of A for every joint: the head can only learn the motion between the
-    frames, not to correct the backbone; A's labels are not used).
+    ``"hrnet"`` trains the backbone on single frames (``batch["image"][:, :1]``); ``"head"``
+    the warping head on frame pairs (A's heatmaps predicted from B's, backbone frozen). The
+    head's ``target``: ``ground_truth`` (A's labels, the paper's recipe) or ``backbone`` (the
+    frozen backbone's heatmaps of A for every joint: the head can only learn the motion
+    between the frames, not to correct the backbone; A's labels are not used).
     """
 
     def loss_fn(params, batch_stats, batch):
         variables = {"params": params, "batch_stats": batch_stats}
-        loss, updates = _stage_loss(model, variables, batch, stage, target, train=True)
+        loss, updates = _loss(model, variables, batch, kind, target, train=True)
         return loss, updates["batch_stats"]
 
     def step(state, batch):
@@ -290,23 +323,24 @@ def restore_newest_good(
 # ----------------------------------------------------------------------------- a stage
 
 
-def stage_steps(stage_cfg: mlc.ConfigDict, steps_per_epoch: int) -> int:
-    total = int(stage_cfg.epochs) * steps_per_epoch
-    if stage_cfg.max_steps > 0:
-        total = min(total, int(stage_cfg.max_steps)) if total > 0 else int(stage_cfg.max_steps)
+def stage_steps(stage: StageSettings, steps_per_epoch: int) -> int:
+    """The optimizer steps of ``stage``: its epochs, capped (or given) by ``max_steps``."""
+    total = int(stage.epochs) * steps_per_epoch
+    if stage.max_steps > 0:
+        total = min(total, int(stage.max_steps)) if total > 0 else int(stage.max_steps)
     return max(total, 1)
 
 
 def run_stage(
     *,
     name: str,
-    stage: int,
+    kind: str | int,
     workdir: str,
     model: PoseWarper,
     variables: dict[str, Any],
     dataset: VideoDataset,
     pipe_cfg: pipeline_lib.PipelineConfig,
-    stage_cfg: mlc.ConfigDict,
+    settings: StageSettings,
     checkpoint_every: int,
     keep_checkpoints: int,
     log_every: int,
@@ -314,7 +348,8 @@ def run_stage(
     mesh: Mesh | None = None,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
-    """Trains ``stage`` (1: backbone, 2: warping head) and returns the trained variables.
+    """Trains the stage ``name`` (``kind``: ``"hrnet"`` or ``"head"``) with the recipe
+    ``settings`` from ``variables`` and returns the trained variables.
 
     Resumes from ``workdir/name/checkpoints`` when a checkpoint is there; returns the final
     variables straight away when ``workdir/name/done.json`` says the stage finished.
@@ -324,42 +359,72 @@ def run_stage(
     mesh = data_mesh() if mesh is None else mesh
     stage_dir = storage.join(workdir, name)
     done_file = storage.join(stage_dir, "done.json")
+    ckpt_dir = storage.join(stage_dir, "checkpoints")
     spe = max(1, pipeline_lib.steps_per_epoch(dataset, pipe_cfg))
-    total = stage_steps(stage_cfg, spe)
-    schedule = learning_rate_schedule(stage_cfg, spe, total)
-    tx = make_optimizer(stage_cfg, stage, schedule)
+    total = stage_steps(settings, spe)
+    schedule = learning_rate_schedule(settings, spe, total)
+    tx = make_optimizer(settings, kind, schedule)
 
     replicated = NamedSharding(mesh, PartitionSpec())
-    state = {
-        "step": jnp.zeros((), jnp.int32),
-        "params": variables["params"],
-        "batch_stats": variables["batch_stats"],
-        "opt_state": tx.init(variables["params"]),
-    }
     # A private copy: the train step donates its state, and the caller keeps ``variables``.
-    state = jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=replicated)(state)
-    ckpt_dir = storage.join(stage_dir, "checkpoints")
-
-    if storage.exists(done_file):
-        try:
-            final = restore_state(ckpt_dir, state)
-        except Exception as err:  # a damaged final checkpoint: train the rest again
-            warnings.warn(
-                f"[{name}] finished ({done_file}), but its final checkpoint cannot be read "
-                f"({_reason(err)}); training the stage on from its newest good checkpoint",
-                CorruptCheckpointWarning,
-                stacklevel=2,
-            )
-            if jax.process_index() == 0:
-                storage.remove(done_file)
-        else:
-            _log(f"[{name}] already finished ({done_file}); loaded its final state")
-            return {"params": final["params"], "batch_stats": final["batch_stats"]}
+    state = jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=replicated)(
+        train_state(variables, tx)
+    )
+    final = _finished_state(name, done_file, ckpt_dir, state)
+    if final is not None:
+        return final
 
     def new_iterator():
-        return iter(pipeline_lib.train_dataset(dataset, pipe_cfg, paired=stage == 2))
+        paired = stage_number(kind) == 2
+        return iter(pipeline_lib.train_dataset(dataset, pipe_cfg, paired=paired))
 
     mngr = checkpoint_manager(ckpt_dir, keep_checkpoints)
+    start, state, data_iter = _resume(mngr, ckpt_dir, name, state, new_iterator)
+    step_fn = jax.jit(
+        make_train_step(model, tx, kind, settings.target),
+        in_shardings=(replicated, NamedSharding(mesh, PartitionSpec("data"))),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0,),
+    )
+    t_stage = time.perf_counter()
+    loop = _TrainLoop(name, ckpt_dir, mngr, mesh, schedule, writer, total, start)
+    state, finished = loop.run(
+        step_fn, state, data_iter, checkpoint_every, log_every, stop_after=stop_after
+    )
+    if finished:
+        mngr.wait_until_finished()
+    mngr.close()
+    if finished and jax.process_index() == 0:
+        done = {"stage": name, "steps": total, "seconds": time.perf_counter() - t_stage}
+        fileio.write_json(done_file, done, indent=None)
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
+def _finished_state(name: str, done_file: str, ckpt_dir: str, like: dict) -> dict | None:
+    """The final variables of a stage that ``done_file`` says finished, or None: not finished,
+    or its final checkpoint cannot be read (then ``done_file`` is removed, with a
+    ``CorruptCheckpointWarning``, and the stage trains on from its newest good checkpoint)."""
+    if not storage.exists(done_file):
+        return None
+    try:
+        final = restore_state(ckpt_dir, like)
+    except Exception as err:  # a damaged final checkpoint: train the rest again
+        warnings.warn(
+            f"[{name}] finished ({done_file}), but its final checkpoint cannot be read "
+            f"({_reason(err)}); training the stage on from its newest good checkpoint",
+            CorruptCheckpointWarning,
+            stacklevel=3,
+        )
+        if jax.process_index() == 0:
+            storage.remove(done_file)
+        return None
+    _log(f"[{name}] already finished ({done_file}); loaded its final state")
+    return {"params": final["params"], "batch_stats": final["batch_stats"]}
+
+
+def _resume(mngr, ckpt_dir: str, name: str, state: dict, new_iterator: Callable[[], Any]):
+    """``(start step, state, data iterator)``: from the newest checkpoint that reads, or
+    step 0 with ``state`` and a fresh iterator; ``mngr`` is closed if restoring fails."""
     attempt: dict[str, Any] = {}
 
     def restore_args():
@@ -375,65 +440,77 @@ def run_stage(
     except BaseException:
         mngr.close()
         raise
-    if start is not None:
-        state, data_iter = restored["state"], attempt["iter"]
-        _log(f"[{name}] resumed from step {start} ({ckpt_dir})")
-    else:
-        data_iter = new_iterator()
-    start = int(start or 0)
+    if start is None:
+        return 0, state, new_iterator()
+    _log(f"[{name}] resumed from step {start} ({ckpt_dir})")
+    return int(start), restored["state"], attempt["iter"]
 
-    step_fn = jax.jit(
-        make_train_step(model, tx, stage, str(stage_cfg.get("target", "ground_truth"))),
-        in_shardings=(replicated, NamedSharding(mesh, PartitionSpec("data"))),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,),
-    )
-    progress = Progress(name, start, total)
-    last_good = start
-    window: list[dict[str, jax.Array]] = []
-    step = start
-    t_stage = time.perf_counter()
-    while step < total:
-        local = next(data_iter)
-        batch = pipeline_lib.make_global_batch(local, mesh, keys=BATCH_KEYS)
-        state, metrics = step_fn(state, batch)
-        step += 1
-        window.append(metrics)
-        at_log = step % log_every == 0 or step == total
-        at_ckpt = step % checkpoint_every == 0 or step == total
-        if at_log or at_ckpt:
-            # One host sync per log/checkpoint interval: every loss since the last one is
-            # checked, so nothing non-finite is ever saved.
-            losses = np.asarray(jax.device_get([m["loss"] for m in window]))
-            if not np.all(np.isfinite(losses)):
-                bad = step - len(window) + int(np.argmax(~np.isfinite(losses))) + 1
-                mngr.close()
-                raise NonFiniteLossError(
-                    f"[{name}] the loss became {losses[~np.isfinite(losses)][0]} at step "
-                    f"{bad}; stopped. The last good checkpoint is step {last_good} in "
-                    f"{ckpt_dir} (lower {name}.lr, or check the data)."
-                )
-            scalars = {
-                "loss": float(np.mean(losses)),
-                "grad_norm": float(window[-1]["grad_norm"]),
-                "lr": float(schedule(step - 1)),
-            }
-            window = []
-            if at_log:
-                scalars["steps_per_s"] = progress.update(step, scalars)
-                writer.write(name, step, scalars)
-        if at_ckpt:
-            _save(mngr, step, state, data_iter, name, ckpt_dir, last_good)
-            last_good = step
-        if stop_after is not None and step - start >= stop_after and step < total:
-            mngr.close()
-            return {"params": state["params"], "batch_stats": state["batch_stats"]}
-    mngr.wait_until_finished()
-    mngr.close()
-    if jax.process_index() == 0:
-        done = {"stage": name, "steps": total, "seconds": time.perf_counter() - t_stage}
-        fileio.write_json(done_file, done, indent=None)
-    return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+class _TrainLoop:
+    """The steps of a stage from ``start`` to ``total``: metrics written every ``log_every``
+    steps, a checkpoint every ``checkpoint_every`` steps and at the end, and every loss
+    checked before a checkpoint (``NonFiniteLossError``: nothing non-finite is saved)."""
+
+    def __init__(self, name, ckpt_dir, mngr, mesh, schedule, writer, total: int, start: int):
+        self.name, self.ckpt_dir, self.mngr, self.mesh = name, ckpt_dir, mngr, mesh
+        self.schedule, self.writer, self.total, self.start = schedule, writer, total, start
+        self.progress = Progress(name, start, total)
+        self.last_good = start
+
+    def run(
+        self,
+        step_fn,
+        state,
+        data_iter,
+        checkpoint_every: int,
+        log_every: int,
+        *,
+        stop_after: int | None = None,
+    ) -> tuple[dict, bool]:
+        """``(state, finished)``: the state after the last step run; ``finished`` unless
+        ``stop_after`` steps of this call ended it early."""
+        window: list[dict[str, jax.Array]] = []
+        step, total = self.start, self.total
+        while step < total:
+            local = next(data_iter)
+            batch = pipeline_lib.make_global_batch(local, self.mesh, keys=BATCH_KEYS)
+            state, metrics = step_fn(state, batch)
+            step += 1
+            window.append(metrics)
+            at_log = step % log_every == 0 or step == total
+            at_ckpt = step % checkpoint_every == 0 or step == total
+            if at_log or at_ckpt:
+                # One host sync per log/checkpoint interval: every loss since the last one is
+                # checked, so nothing non-finite is ever saved.
+                self._report(step, window, at_log)
+                window = []
+            if at_ckpt:
+                _save(self.mngr, step, state, data_iter, self.name, self.ckpt_dir, self.last_good)
+                self.last_good = step
+            if stop_after is not None and step - self.start >= stop_after and step < total:
+                return state, False
+        return state, True
+
+    def _report(self, step: int, window: list[dict[str, jax.Array]], at_log: bool) -> None:
+        """Checks the losses of ``window`` (the steps up to ``step``) and, ``at_log``, writes
+        their metrics."""
+        losses = np.asarray(jax.device_get([m["loss"] for m in window]))
+        if not np.all(np.isfinite(losses)):
+            bad = step - len(window) + int(np.argmax(~np.isfinite(losses))) + 1
+            self.mngr.close()
+            raise NonFiniteLossError(
+                f"[{self.name}] the loss became {losses[~np.isfinite(losses)][0]} at step "
+                f"{bad}; stopped. The last good checkpoint is step {self.last_good} in "
+                f"{self.ckpt_dir} (lower {self.name}.lr, or check the data)."
+            )
+        scalars = {
+            "loss": float(np.mean(losses)),
+            "grad_norm": float(window[-1]["grad_norm"]),
+            "lr": float(self.schedule(step - 1)),
+        }
+        if at_log:
+            scalars["steps_per_s"] = self.progress.update(step, scalars)
+            self.writer.write(self.name, step, scalars)
 
 
 def _save(mngr, step: int, state, data_iter, name: str, ckpt_dir: str, last_good: int) -> None:
@@ -462,7 +539,11 @@ def _save(mngr, step: int, state, data_iter, name: str, ckpt_dir: str, last_good
 
 
 def batch_loss(
-    model: PoseWarper, variables: dict, batch: dict, stage: int, target: str = "ground_truth"
+    model: PoseWarper,
+    variables: dict,
+    batch: dict,
+    kind: str | int,
+    target: str = "ground_truth",
 ) -> jax.Array:
-    """The training loss of ``stage`` on ``batch`` in evaluation mode (no BN updates)."""
-    return _stage_loss(model, variables, batch, stage, target, train=False)[0]
+    """The training loss of ``kind`` on ``batch`` in evaluation mode (no BN updates)."""
+    return _loss(model, variables, batch, kind, target, train=False)[0]

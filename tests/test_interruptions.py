@@ -49,13 +49,13 @@ def _stage(setup, workdir, stop_after=None):
     c, model, train, init = setup
     return training.run_stage(
         name="stage1",
-        stage=1,
+        kind="hrnet",
         workdir=str(workdir),
         model=model,
         variables=init,
         dataset=train,
         pipe_cfg=experiment.pipeline_config(c, "stage1"),
-        stage_cfg=c.stage1,
+        settings=experiment.stage_settings(c.stage1),
         checkpoint_every=2,
         keep_checkpoints=3,
         log_every=1,
@@ -310,8 +310,9 @@ def test_skip_bad_images_trains_on_and_counts_them(data_root, tmp_path):
 
     def stage1(workdir):
         writer = MetricWriter(workdir, enabled=False)
-        return job.run_job_stage(
-            c, workdir, model, "stage1", 1, init, train, c.stage1, writer, None
+        settings = experiment.settings(c, check=False)
+        return job.train_stage(
+            settings, workdir, model, "stage1", "hrnet", init, train, writer=writer
         )
 
     with pytest.raises(pipeline_lib.BadImageError) as err:  # the default: stop, naming it

@@ -60,15 +60,11 @@ def data_root(tmp_path_factory):
 
 
 def _restore_final(workdir, config):
-    model = experiment.make_model(config)
-    like = training.init_variables(model, config.input.image_size, config.seed)
-    tx = training.make_optimizer(config.stage2, 2, optax.constant_schedule(1e-3))
-    state = {
-        "step": jnp.zeros((), jnp.int32),
-        "params": like["params"],
-        "batch_stats": like["batch_stats"],
-        "opt_state": tx.init(like["params"]),
-    }
+    settings = experiment.settings(config, check=False)
+    model = experiment.make_model(settings)
+    like = training.init_variables(model, settings.input.image_size, settings.seed)
+    tx = training.make_optimizer(settings.stage2, "head", optax.constant_schedule(1e-3))
+    state = training.train_state(like, tx)
     return training.restore_state(os.path.join(workdir, "stage2", "checkpoints"), state)
 
 
@@ -119,25 +115,22 @@ def test_both_stages_on_eight_devices_loss_finite_and_falling(data_root, tmp_pat
     final_vars = {"params": final["params"], "batch_stats": final["batch_stats"]}
     # Stage 1 falls on the fixed batch: the HRNet learned; stage 2 falls from the
     # identity warp of the stage-1 backbone's heatmaps.
-    before1 = float(training.batch_loss(model, init, probe, 1))
-    after1 = float(training.batch_loss(model, final_vars, probe, 1))
+    before1 = float(training.batch_loss(model, init, probe, "hrnet"))
+    after1 = float(training.batch_loss(model, final_vars, probe, "hrnet"))
     assert after1 < before1, (before1, after1)
     stage1_vars = {
         "params": {**final["params"], "head": init["params"]["head"]},
         "batch_stats": {**final["batch_stats"], "head": init["batch_stats"]["head"]},
     }
-    before2 = float(training.batch_loss(model, stage1_vars, probe, 2))
-    after2 = float(training.batch_loss(model, final_vars, probe, 2))
+    before2 = float(training.batch_loss(model, stage1_vars, probe, "head"))
+    after2 = float(training.batch_loss(model, final_vars, probe, "head"))
     assert after2 < before2, (before2, after2)
     # The frozen backbone did not move in stage 2 (params and BN statistics).
+    stage1_tx = training.make_optimizer(
+        experiment.stage_settings(c.stage1), "hrnet", optax.constant_schedule(1e-3)
+    )
     s1 = training.restore_state(
-        os.path.join(workdir, "stage1", "checkpoints"),
-        {
-            **final,
-            "opt_state": training.make_optimizer(c.stage1, 1, optax.constant_schedule(1e-3)).init(
-                final["params"]
-            ),
-        },
+        os.path.join(workdir, "stage1", "checkpoints"), training.train_state(final, stage1_tx)
     )
     assert _leaves_equal(s1["params"]["backbone"], final["params"]["backbone"])
     assert _leaves_equal(s1["batch_stats"]["backbone"], final["batch_stats"]["backbone"])
@@ -347,18 +340,19 @@ def test_stage2_backbone_target_is_the_frozen_backbones_heatmaps_of_a(data_root)
 
     warped, f_a, _ = model.apply(variables, batch["image"], False, True, method="pair")
     expected = 0.5 * np.mean((np.asarray(warped) - np.asarray(f_a)) ** 2)
-    got = float(training.batch_loss(model, variables, batch, 2, "backbone"))
+    got = float(training.batch_loss(model, variables, batch, "head", "backbone"))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
     same = {**batch, "image": jnp.repeat(batch["image"][:, :1], 2, axis=1)}
-    assert float(training.batch_loss(model, variables, same, 2, "backbone")) == 0.0
-    assert float(training.batch_loss(model, variables, same, 2, "ground_truth")) > 0.0
+    assert float(training.batch_loss(model, variables, same, "head", "backbone")) == 0.0
+    assert float(training.batch_loss(model, variables, same, "head", "ground_truth")) > 0.0
     with pytest.raises(ValueError, match="stage-2 target"):
-        training.batch_loss(model, variables, batch, 2, "labels")
+        training.batch_loss(model, variables, batch, "head", "labels")
 
-    tx = training.make_optimizer(c.stage2, 2, optax.constant_schedule(1e-3))
-    step = jax.jit(training.make_train_step(model, tx, 2, "backbone"))
-    state = {"step": 0, **variables, "opt_state": tx.init(variables["params"])}
+    stage2 = experiment.stage_settings(c.stage2)
+    tx = training.make_optimizer(stage2, "head", optax.constant_schedule(1e-3))
+    step = jax.jit(training.make_train_step(model, tx, "head", stage2.target))
+    state = training.train_state(variables, tx)
     losses = []
     for _ in range(8):
         state, metrics = step(state, batch)
@@ -397,6 +391,34 @@ def test_bad_config_fails_at_start_naming_the_field(tmp_path, field, value, mess
     with pytest.raises(experiment.ConfigError, match=message.replace(".", r"\.")):
         job.train_and_evaluate(c, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "unused")
+
+
+def test_settings_are_the_config_read_once(tmp_path):
+    """``experiment.settings``: typed, frozen records of every section; a config written
+    before the newer fields gets their old behaviour; the config itself kept as JSON."""
+    c = tiny_config(str(tmp_path / "unused"))
+    s = experiment.settings(c, check=False)
+    assert s.input.image_size == tuple(c.input.image_size) and s.seed == c.seed
+    assert s.stage1.batch_size == c.stage1.batch_size and s.stage1.target == "ground_truth"
+    assert s.stage2.lr == c.stage2.lr and s.model.dilations == tuple(c.model.dilations)
+    assert s.stage("stage1_augmented") is s.stage1 and s.stage("pretrain") == s.pretrain.stage
+    assert s.pretrain.root == experiment.pretrain_root(c) and not s.pretraining
+    assert s.data.synthetic == experiment.synthetic_config(c)
+    assert json.loads(s.config_json) == json.loads(c.to_json_best_effort())
+    with pytest.raises(AttributeError):
+        s.stage1.lr = 1.0  # frozen
+    for section, field in (("input", "target_encoding"), ("eval", "decoding"), ("eval", "split")):
+        del c[section][field]
+    old = experiment.settings(c, check=False)
+    assert (old.input.target_encoding, old.eval.decoding, old.eval.split) == (
+        "integer",
+        "quarter",
+        "all",
+    )
+    assert [p.name for p in job.PHASES] == [
+        "data", "init", "pretrain", "stage1", "stage2", "validation", "propagation",
+        "detection", "tracking", "augment", "report",
+    ]  # fmt: skip
 
 
 def test_heatmap_coding_reaches_the_pipeline_and_defaults_to_hrnets(tmp_path):
@@ -489,15 +511,11 @@ def test_pretraining_initialises_stage1_and_exports_the_backbone(data_root, tmp_
     model = experiment.make_model(c)
     init = training.init_variables(model, c.input.image_size, c.seed)
     exported = job.load_pretrained(init, os.path.join(workdir, job.PRETRAINED_BACKBONE))
+    tx = training.make_optimizer(
+        experiment.stage_settings(c.stage1), "hrnet", optax.constant_schedule(1.0)
+    )
     restore = lambda stage: training.restore_state(  # noqa: E731
-        os.path.join(workdir, stage, "checkpoints"),
-        {
-            "step": jnp.zeros((), jnp.int32),
-            **init,
-            "opt_state": training.make_optimizer(c.stage1, 1, optax.constant_schedule(1.0)).init(
-                init["params"]
-            ),
-        },
+        os.path.join(workdir, stage, "checkpoints"), training.train_state(init, tx)
     )
     pre, s1 = restore("pretrain"), restore("stage1")
     # The export is the pre-trained backbone, which moved away from the random start...

@@ -260,42 +260,39 @@ def _main(argv):  # pragma: no cover - exercised through the CLI
                 f"{workdir}/{name} is not finished (no done.json): run the main job with this "
                 "config and workdir first"
             )
-    experiment.validate(config)
+    settings = experiment.settings(config)
     from posewarper_jax import workdir as workdir_lib
 
     with workdir_lib.lock(workdir, enabled=jax.process_index() == 0):
-        _diagnose(config, workdir)
+        _diagnose(settings, workdir, flags.FLAGS.split)
 
 
-def _diagnose(config, workdir: str) -> None:  # pragma: no cover - exercised through the CLI
-    from absl import flags
-
+def _diagnose(settings, workdir: str, split: str) -> None:  # pragma: no cover - the CLI
+    """The diagnostics of the main job's finished stages in ``workdir`` (``settings``: the
+    job's) on the validation videos of ``split``, written to ``diagnostics.json``."""
     from posewarper_jax import experiment, fileio, job, training
 
-    split = flags.FLAGS.split
-    val = experiment.eval_videos(config, split)  # an empty split fails before any work
-    model = experiment.make_model(config)
+    val = experiment.eval_videos(settings, split)  # an empty split fails before any work
+    model = experiment.make_model(settings)
     mesh = training.data_mesh()
-    initial = training.init_variables(model, config.input.image_size, config.seed)
-    train, _ = experiment.sparse_subset(config, experiment.load_split(config, "train"))
-    variables = initial
-    for index, name in ((1, "stage1"), (2, "stage2")):
-        variables = job.run_job_stage(
-            config, workdir, model, name, index, variables, train, config[name], None, mesh
-        )
+    initial = training.init_variables(model, settings.input.image_size, settings.seed)
+    train, _ = job.training_data(settings)
+    # The job's stages, finished: read back from their final checkpoints.
+    stage1 = job.train_stage(settings, workdir, model, "stage1", "hrnet", initial, train, mesh=mesh)
+    stage2 = job.train_stage(settings, workdir, model, "stage2", "head", stage1, train, mesh=mesh)
     print(f"diagnostics: the {split!r} split, {len(val.videos)} validation videos", flush=True)
     out = run_diagnostics(
         model,
         initial,
-        variables,
+        stage2,
         val,
-        every_k=int(config.eval.propagation_every_k),
-        reach=int(config.eval.propagation_reach),
-        seed=int(config.sparse.seed),
-        pipe_cfg=experiment.pipeline_config(config, "eval"),
+        every_k=settings.eval.propagation_every_k,
+        reach=settings.eval.propagation_reach,
+        seed=settings.sparse.seed,
+        pipe_cfg=experiment.pipeline_config(settings, "eval"),
         mesh=mesh,
-        flip_test=bool(config.eval.flip_test),
-        decoding=experiment.heatmap_coding(config)[1],
+        flip_test=settings.eval.flip_test,
+        decoding=settings.eval.decoding,
     )
     out["evaluation"] = {
         "split": split,

@@ -1,8 +1,8 @@
 """A trained model read back from a main-job workdir, for the commands that apply it.
 
 The main job (``job.train_and_evaluate``) leaves in its workdir ``config.json`` (the config
-it ran with) and, per stage, ``<stage>/checkpoints`` (Orbax: the train state and the data
-iterator) with ``<stage>/done.json`` once the stage finished. A finished stage is loaded
+it ran with) and, per training stage, ``<stage>/checkpoints`` (Orbax: the train state and the
+data iterator) with ``<stage>/done.json`` once the stage finished. A finished stage is loaded
 the way the job itself loads it (``training.run_stage`` on a finished stage):
 ``training.restore_state`` into a state shaped like the one the stage trained (the model of
 ``config.json`` and the stage's optimizer state; shapes only, from ``jax.eval_shape``, so
@@ -22,17 +22,18 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections as mlc
 import optax
 
 from posewarper_jax import experiment, training
 from posewarper_jax.cli import ExpectedError
 from posewarper_jax.data import pipeline as pipeline_lib
+from posewarper_jax.settings import Settings
 
 __all__ = ["STAGES", "CheckpointError", "TrainedModel", "load_trained"]
 
-STAGES = {"stage1": 1, "stage2": 2, "stage1_augmented": 1}
+# The training stages a command can apply, and what each trains (``training.run_stage``).
+STAGES = {"stage1": training.HRNET, "stage2": training.HEAD, "stage1_augmented": training.HRNET}
 
 
 class CheckpointError(ExpectedError, ValueError):
@@ -41,19 +42,21 @@ class CheckpointError(ExpectedError, ValueError):
 
 @dataclasses.dataclass
 class TrainedModel:
-    """A finished stage: the run's ``config``, the ``model`` (``PoseWarper``) and its
-    ``variables`` (``{"params", "batch_stats"}``)."""
+    """A finished stage: the run's ``config`` (and its ``settings``), the ``model``
+    (``PoseWarper``) and its ``variables`` (``{"params", "batch_stats"}``)."""
 
     workdir: str
     stage: str
     config: mlc.ConfigDict
     model: Any
     variables: dict
+    settings: Settings | None = None
 
     def pipeline_config(self, **overrides) -> pipeline_lib.PipelineConfig:
         """The evaluation pipeline settings of the run (crop size, σ, heatmap coding, batch
         size), with ``overrides``."""
-        return experiment.pipeline_config(self.config, "eval", **overrides)
+        run = self.settings if self.settings is not None else self.config
+        return experiment.pipeline_config(run, "eval", **overrides)
 
 
 def read_config(workdir: str) -> mlc.ConfigDict:
@@ -74,19 +77,14 @@ def read_config(workdir: str) -> mlc.ConfigDict:
     return mlc.ConfigDict(data)
 
 
-def _abstract_state(model, image_size, seed: int, stage_cfg, index: int) -> dict:
+def abstract_state(settings: Settings, model, stage: str) -> dict:
     """The shapes, dtypes and shardings of the train state ``training.run_stage`` saves for
-    stage ``index``, without computing anything (``jax.eval_shape``)."""
-    tx = training.make_optimizer(stage_cfg, index, optax.constant_schedule(1.0))
+    the training stage ``stage``, without computing anything (``jax.eval_shape``)."""
+    tx = training.make_optimizer(settings.stage(stage), STAGES[stage], optax.constant_schedule(1.0))
 
     def state():
-        like = training.init_variables(model, image_size, seed)
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "params": like["params"],
-            "batch_stats": like["batch_stats"],
-            "opt_state": tx.init(like["params"]),
-        }
+        like = training.init_variables(model, settings.input.image_size, settings.seed)
+        return training.train_state(like, tx)
 
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return jax.tree.map(
@@ -106,10 +104,8 @@ def load_trained(workdir: str, stage: str = "stage2") -> TrainedModel:
     config = read_config(workdir)
     config_path = os.path.join(workdir, "config.json")
     try:
-        model = experiment.make_model(config)
-        image_size = tuple(int(v) for v in config.input.image_size)
-        seed = int(config.seed)
-        stage_cfg = config[stage]
+        settings = experiment.settings(config, check=False)
+        model = experiment.make_model(settings)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{config_path}: not a config of this project ({e})") from None
     from posewarper_jax import storage
@@ -120,7 +116,7 @@ def load_trained(workdir: str, stage: str = "stage2") -> TrainedModel:
             f"{stage_dir}: the stage did not finish (no done.json); run the main job with "
             "this workdir to the end of the stage first"
         )
-    state = _abstract_state(model, image_size, seed, stage_cfg, STAGES[stage])
+    state = abstract_state(settings, model, stage)
     ckpt_dir = storage.join(stage_dir, "checkpoints")
     try:
         restored = training.restore_state(ckpt_dir, state)
@@ -132,4 +128,4 @@ def load_trained(workdir: str, stage: str = "stage2") -> TrainedModel:
             f"{ckpt_dir}: does not match the model of {config_path} ({type(e).__name__}: {detail})"
         ) from None
     variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
-    return TrainedModel(storage.abspath(workdir), stage, config, model, variables)
+    return TrainedModel(storage.abspath(workdir), stage, config, model, variables, settings)
