@@ -399,9 +399,7 @@ def synthetic_config(config: mlc.ConfigDict):
         try:
             overrides[item.key] = config_args.convert(item.value, default)
         except ValueError:
-            _fail(
-                "data.synthetic_overrides", d.synthetic_overrides, f"bad value in {item.text!r}"
-            )
+            _fail("data.synthetic_overrides", d.synthetic_overrides, f"bad value in {item.text!r}")
     try:
         return synthetic.get_config(d.synthetic_preset, **overrides)
     except ValueError as err:  # a SyntheticConfig check, naming its field

@@ -35,13 +35,12 @@ checkpoint that does not fit) prints one ``error:`` line naming the file, exit s
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import tempfile
 
-from posewarper_jax import cli
+from posewarper_jax import cli, fileio
 from posewarper_jax.apps.outputs import run_command, staged
 from posewarper_jax.data import user_labels, video_frames
 
@@ -171,29 +170,17 @@ def run(args: argparse.Namespace) -> dict:
             posetrack18.write_posetrack18(
                 VideoDataset([video], "posetrack18", dense.root), os.path.join(tmp, POSETRACK_DIR)
             )
-            with open(os.path.join(tmp, COCO_FILE), "w", encoding="utf-8") as f:
-                json.dump(coco.coco_keypoints_json(dense, labeled), f)
+            fileio.write_json(
+                os.path.join(tmp, COCO_FILE), coco.coco_keypoints_json(dense, labeled), indent=None
+            )
             relabel = {
                 "settings": settings,
                 "labeled_frames": [i for i, v in enumerate(flags) if v],
                 "confidence": [None if math.isnan(c) else round(c, 4) for c in confidence],
                 "relabel": candidates,
             }
-            with open(os.path.join(tmp, RELABEL_FILE), "w", encoding="utf-8") as f:
-                json.dump(relabel, f, indent=1)
-        if args.overlay:
-            overlay.write_overlay_video(
-                video_frames.iter_frames(source), video, flags, args.overlay, source.fps
-            )
-        if args.html:
-            overlay.write_html(
-                args.html,
-                video_frames.iter_frames(source),
-                video,
-                flags,
-                confidence,
-                embed=not args.html_refer,
-            )
+            fileio.write_json(os.path.join(tmp, RELABEL_FILE), relabel, indent=1)
+        overlay.write_views(args, source, video, flags, confidence)
     reached = sum(1 for f in video.frames if f.people and not flags[f.index])
     summary = {
         "frames": source.nframes,

@@ -14,7 +14,7 @@ Object stores differ from a disk in three ways that the callers rely on:
 * an object is written whole or not at all (an upload is visible only once complete), and a
   rename is a copy then a delete (``fileio.atomic_write`` writes ``NAME.tmp`` and copies it
   once onto ``NAME``);
-* an object cannot be appended to (``metrics.MetricWriter`` rewrites its files whole).
+* an object cannot be appended to (``training_log.MetricWriter`` rewrites its files whole).
 
 A failure of the store itself (no credentials, a missing bucket, no network, the fsspec
 package of the scheme not installed) raises ``StorageError``: one line naming the path.

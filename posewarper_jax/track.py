@@ -24,12 +24,11 @@ input prints one ``error:`` line naming the file (exit status 2).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 
-from posewarper_jax import cli
+from posewarper_jax import cli, fileio
 from posewarper_jax.apps.outputs import run_command, staged
 from posewarper_jax.data import video_frames
 
@@ -120,22 +119,11 @@ def run(args: argparse.Namespace) -> dict:
         video = tracked.videos[0]
         with staged(args.out) as tmp:
             posetrack18.write_posetrack18(tracked, os.path.join(tmp, "posetrack18"))
-            with open(os.path.join(tmp, "coco.json"), "w", encoding="utf-8") as f:
-                json.dump(coco.coco_keypoints_json(tracked), f)
+            fileio.write_json(
+                os.path.join(tmp, "coco.json"), coco.coco_keypoints_json(tracked), indent=None
+            )
         flags = [False] * video.nframes
-        if args.overlay:
-            overlay.write_overlay_video(
-                video_frames.iter_frames(source), video, flags, args.overlay, source.fps
-            )
-        if args.html:
-            overlay.write_html(
-                args.html,
-                video_frames.iter_frames(source),
-                video,
-                flags,
-                dense_labels.frame_confidence(video),
-                embed=not args.html_refer,
-            )
+        overlay.write_views(args, source, video, flags, dense_labels.frame_confidence(video))
     people = sum(len(f.people) for f in video.frames)
     tracks = len({p.track_id for f in video.frames for p in f.people})
     print(

@@ -98,6 +98,6 @@ def check_report(report: dict, workdir: str) -> None:
     tol = (1e-9, 1e-9) if same_machine else (2.0, 0.02)
     diffs = _diffs(recorded["report"], _comparable(report, workdir), "report", tol)
     where = "this machine" if same_machine else f"another machine ({recorded['machine']})"
-    assert not diffs, (
-        f"report.json differs from {FIXTURE} (recorded on {where}):\n" + "\n".join(diffs[:30])
+    assert not diffs, f"report.json differs from {FIXTURE} (recorded on {where}):\n" + "\n".join(
+        diffs[:30]
     )

@@ -343,3 +343,24 @@ def write_html(
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(page)
     return path
+
+
+def write_views(args, source, video: Video, labeled: Sequence[bool], confidence) -> None:
+    """The overlay video (``args.overlay``) and the viewer page (``args.html``, embedding the
+    frames unless ``args.html_refer``) of a command's result, each where asked; ``source``
+    is the ``video_frames.FrameSource`` the command read."""
+    from posewarper_jax.data import video_frames
+
+    if args.overlay:
+        write_overlay_video(
+            video_frames.iter_frames(source), video, labeled, args.overlay, source.fps
+        )
+    if args.html:
+        write_html(
+            args.html,
+            video_frames.iter_frames(source),
+            video,
+            labeled,
+            confidence,
+            embed=not args.html_refer,
+        )
