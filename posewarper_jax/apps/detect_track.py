@@ -33,7 +33,7 @@ from jax.sharding import Mesh
 
 from posewarper_jax.apps import detection, propagation, tracker
 from posewarper_jax.data import pipeline as pipeline_lib
-from posewarper_jax.data.types import NUM_JOINTS, VideoDataset
+from posewarper_jax.data.types import NUM_JOINTS, VideoDataset, map_people
 
 __all__ = [
     "JOB_TRACKERS",
@@ -85,14 +85,7 @@ def detect_poses(
 
 def clear_track_ids(pred: VideoDataset) -> VideoDataset:
     """A copy of ``pred`` whose people have no track id (-1)."""
-    videos = []
-    for video in pred.videos:
-        frames = [
-            dataclasses.replace(f, people=[dataclasses.replace(p, track_id=-1) for p in f.people])
-            for f in video.frames
-        ]
-        videos.append(dataclasses.replace(video, frames=frames))
-    return dataclasses.replace(pred, videos=videos)
+    return map_people(pred, lambda p: dataclasses.replace(p, track_id=-1))
 
 
 def _joint_scores(person) -> np.ndarray:
@@ -210,19 +203,13 @@ def track(
 def keep_confident_joints(pred: VideoDataset, min_score: float) -> VideoDataset:
     """A copy of ``pred`` whose joints scoring below ``min_score`` are unlabeled (how poses
     are written for tracking evaluation: poseval counts every written joint)."""
-    videos = []
-    for video in pred.videos:
-        frames = []
-        for f in video.frames:
-            people = []
-            for p in f.people:
-                kp = np.asarray(p.keypoints, np.float32).copy()
-                drop = _joint_scores(p) < min_score
-                kp[drop] = 0.0
-                people.append(dataclasses.replace(p, keypoints=kp))
-            frames.append(dataclasses.replace(f, people=people))
-        videos.append(dataclasses.replace(video, frames=frames))
-    return dataclasses.replace(pred, videos=videos)
+
+    def keep(p):
+        kp = np.asarray(p.keypoints, np.float32).copy()
+        kp[_joint_scores(p) < min_score] = 0.0
+        return dataclasses.replace(p, keypoints=kp)
+
+    return map_people(pred, keep)
 
 
 JOB_TRACKERS = ("posewarper", "iou")

@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from posewarper_jax.apps.report_scoring import section_methods
 from posewarper_jax.data.types import VideoDataset
 from posewarper_jax.eval import conditions as conditions_lib
 from posewarper_jax.eval.posetrack_map import COLUMNS
@@ -87,17 +88,8 @@ def validate_conditions(
     Raises:
       ValueError naming the method, subset or column at fault.
     """
-    if not isinstance(section, Mapping):
-        raise ValueError(f"report: results[{KEY!r}] must be a mapping")
-    unknown = sorted(set(section) - {"split", "speed_bins", "occlusion_window", "methods"})
-    if unknown:
-        raise ValueError(f"report: results[{KEY!r}] has unknown key(s) {unknown}")
-    given = section.get("methods", {})
-    if not isinstance(given, Mapping):
-        raise ValueError(f"report: results[{KEY!r}]['methods'] must be a mapping")
-    bad = sorted(set(given) - set(methods))
-    if bad:
-        raise ValueError(f"report: results[{KEY!r}]['methods'] has unexpected method(s) {bad}")
+    keys = {"split", "speed_bins", "occlusion_window", "methods"}
+    given = section_methods(section, KEY, keys, methods)
     bins = section.get("speed_bins", list(conditions_lib.SPEED_BINS))
     if not isinstance(bins, list | tuple) or not all(
         isinstance(b, int | float) and not isinstance(b, bool) for b in bins

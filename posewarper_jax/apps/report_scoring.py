@@ -69,6 +69,28 @@ def _views(entry: Any, where: str, number, counts: tuple[str, ...]) -> dict[str,
     return out
 
 
+def section_methods(
+    section: Any, key: str, keys: set[str], methods: tuple[str, ...], *, name_known: bool = False
+) -> Mapping[str, Any]:
+    """``section["methods"]`` of the report section ``results[key]`` after the checks both
+    per-method sections share: a mapping, no key beyond ``keys``, no method beyond
+    ``methods`` (``name_known``: the message lists them). ValueError naming what is wrong."""
+    if not isinstance(section, Mapping):
+        raise ValueError(f"report: results[{key!r}] must be a mapping")
+    unknown = sorted(set(section) - keys)
+    if unknown:
+        raise ValueError(f"report: results[{key!r}] has unknown key(s) {unknown}")
+    given = section.get("methods", {})
+    if not isinstance(given, Mapping):
+        raise ValueError(f"report: results[{key!r}]['methods'] must be a mapping")
+    bad = sorted(set(given) - set(methods))
+    if bad:
+        known = f" (known: {list(methods)})" if name_known else ""
+        where = f"report: results[{key!r}]['methods']"
+        raise ValueError(f"{where} has unexpected method(s) {bad}{known}")
+    return given
+
+
 def validate_scoring(
     scoring: Any, methods: tuple[str, ...], number: Callable[[Any, str], float]
 ) -> dict[str, Any]:
@@ -79,23 +101,10 @@ def validate_scoring(
     Raises:
       ValueError naming the method, |δ|, view or column at fault.
     """
-    if not isinstance(scoring, Mapping):
-        raise ValueError(f"report: results[{KEY!r}] must be a mapping")
-    unknown = sorted(set(scoring) - {"split", "methods"})
-    if unknown:
-        raise ValueError(f"report: results[{KEY!r}] has unknown key(s) {unknown}")
+    given = section_methods(scoring, KEY, {"split", "methods"}, methods, name_known=True)
     split = scoring.get("split", "")
     if not isinstance(split, str):
         raise ValueError(f"report: results[{KEY!r}]['split'] must be a string, got {split!r}")
-    given = scoring.get("methods", {})
-    if not isinstance(given, Mapping):
-        raise ValueError(f"report: results[{KEY!r}]['methods'] must be a mapping")
-    bad = sorted(set(given) - set(methods))
-    if bad:
-        raise ValueError(
-            f"report: results[{KEY!r}]['methods'] has unexpected method(s) {bad} "
-            f"(known: {list(methods)})"
-        )
     out: dict[str, Any] = {"split": split, "methods": {}}
     for method in (m for m in methods if m in given):
         where = f"results[{KEY!r}]['methods'][{method!r}]"

@@ -115,3 +115,13 @@ class VideoDataset:
             for frame in video.frames:
                 if frame.is_labeled:
                     yield vi, frame.index
+
+
+def map_people(dataset: VideoDataset, fn) -> VideoDataset:
+    """A copy of ``dataset`` whose every person is ``fn(person)`` (videos, frames and the
+    people lists are new; ``dataset`` is not modified)."""
+    videos = []
+    for video in dataset.videos:
+        frames = [dataclasses.replace(f, people=[fn(p) for p in f.people]) for f in video.frames]
+        videos.append(dataclasses.replace(video, frames=frames))
+    return dataclasses.replace(dataset, videos=videos)

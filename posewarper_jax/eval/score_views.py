@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from posewarper_jax.data.types import Frame, VideoDataset
+from posewarper_jax.data.types import Frame, VideoDataset, map_people
 from posewarper_jax.eval.posetrack_map import (
     POSEVAL_JOINT_NAMES,
     _check_modes,
@@ -72,18 +72,13 @@ def constant_scores(pred: VideoDataset, value: float = 1.0) -> VideoDataset:
     """``pred`` with every predicted joint's score set to ``value`` (0 where the joint is not
     predicted); keypoints, boxes, track ids and person scores unchanged. ``pred`` is not
     modified (frames and people are copied)."""
-    videos = []
-    for video in pred.videos:
-        frames = []
-        for f in video.frames:
-            people = []
-            for p in f.people:
-                has = np.asarray(p.keypoints)[:, 2] > 0
-                scores = np.where(has, np.float32(value), np.float32(0)).astype(np.float32)
-                people.append(dataclasses.replace(p, keypoint_scores=scores))
-            frames.append(dataclasses.replace(f, people=people))
-        videos.append(dataclasses.replace(video, frames=frames))
-    return dataclasses.replace(pred, videos=videos)
+
+    def constant(p):
+        has = np.asarray(p.keypoints)[:, 2] > 0
+        scores = np.where(has, np.float32(value), np.float32(0)).astype(np.float32)
+        return dataclasses.replace(p, keypoint_scores=scores)
+
+    return map_people(pred, constant)
 
 
 def pckh_metrics(
