@@ -211,15 +211,40 @@ def plan_propagation(
         ``labeled``'s; a track id twice in one frame; a malformed keypoint or box array.
     """
     order = _ordered_deltas(nearest_deltas(reach) if deltas is None else deltas)
-    s = 2 if blend else 1
     by_name: dict[str, Video] = {}
     if boxes is not None:
         if not isinstance(boxes, VideoDataset):
             raise ValueError(f"boxes must be a VideoDataset or None, got {type(boxes).__name__}")
         by_name = {v.name: v for v in boxes.videos}
-    cols: dict[str, list] = collections.defaultdict(list)
+    rows = _PlanRows(2 if blend else 1)
+    for vi, video in enumerate(labeled.videos):
+        _check_frame_order(video)
+        bvideo = None
+        if boxes is not None:
+            bvideo = by_name.get(video.name)
+            if bvideo is None:
+                continue
+            if bvideo.nframes != video.nframes:
+                raise ValueError(
+                    f"boxes: video {video.name!r} ({bvideo.source}) has {bvideo.nframes} frames, "
+                    f"the labeled data set {video.nframes}"
+                )
+        _plan_video(rows, vi, video, bvideo, order, blend)
+    return rows.plan([v.name for v in labeled.videos])
 
-    def add(vi, b, pi, track, box, srcs):
+
+class _PlanRows:
+    """The rows of a ``PropagationPlan`` as they are found, column by column; ``s`` sources
+    per row."""
+
+    def __init__(self, s: int):
+        self.s = s
+        self.cols: dict[str, list] = collections.defaultdict(list)
+
+    def add(self, vi, b, pi, track, box, srcs) -> None:
+        """One target person: video ``vi``, frame ``b``, person ``pi``; ``srcs``: up to ``s``
+        (source frame, δ, source person, source keypoints)."""
+        s, cols = self.s, self.cols
         cols["video"].append(vi)
         cols["frame"].append(b)
         cols["person"].append(pi)
@@ -236,87 +261,96 @@ def plan_propagation(
         cols["sk"].append(sk)
         cols["sw"].append(sw)
 
-    for vi, video in enumerate(labeled.videos):
-        for i, frame in enumerate(video.frames):
-            if frame.index != i:
-                raise ValueError(
-                    f"video {video.name!r} ({video.source}): frame at position {i} has index "
-                    f"{frame.index}; frames must be complete and in order"
-                )
-        bvideo = None
-        if boxes is not None:
-            bvideo = by_name.get(video.name)
-            if bvideo is None:
-                continue
-            if bvideo.nframes != video.nframes:
-                raise ValueError(
-                    f"boxes: video {video.name!r} ({bvideo.source}) has {bvideo.nframes} frames, "
-                    f"the labeled data set {video.nframes}"
-                )
-        sources = {f.index for f in video.frames if f.is_labeled}
-        cache: dict[int, dict] = {}
+    def plan(self, video_names: list[str]) -> PropagationPlan:
+        s = self.s
 
-        def tracks(a, video=video, cache=cache):
-            if a not in cache:
-                cache[a] = _sources_by_track(video, a)
-            return cache[a]
+        def arr(key, dtype, shape):
+            return np.array(self.cols[key], dtype).reshape(-1, *shape)
 
-        for frame in video.frames:
-            b = frame.index
-            if frame.is_labeled:
-                continue
-            cands = [(d, b - d) for d in order if (b - d) in sources]
-            if not cands:
-                continue
-            d0, a0 = cands[0]
-            other = None
-            if blend:
-                other = next(((d, a) for d, a in cands if (d > 0) != (d0 > 0)), None)
+        return PropagationPlan(
+            video_names=video_names,
+            video=arr("video", np.int32, ()),
+            frame=arr("frame", np.int32, ()),
+            person=arr("person", np.int32, ()),
+            track_id=arr("track", np.int32, ()),
+            box=arr("box", np.float32, (4,)),
+            source_frame=arr("sf", np.int32, (s,)),
+            source_person=arr("sp", np.int32, (s,)),
+            source_keypoints=arr("sk", np.float32, (s, NUM_JOINTS, 3)),
+            source_weight=arr("sw", np.float32, (s,)),
+        )
 
-            def second(track, other=other):
-                if other is None or track < 0:
-                    return []
-                hit = tracks(other[1]).get(track)
-                return [] if hit is None else [(other[1], other[0], hit[0], hit[1])]
 
-            if bvideo is None:
-                for pi, person in enumerate(video.frames[a0].people):
-                    where = f"video {video.name!r} frame {a0} person {pi} ({video.source})"
-                    kpts, box = pipeline_lib.person_arrays(person, where)
-                    if not np.any(kpts[:, 2] > 0) or box[2] <= 0 or box[3] <= 0:
-                        continue
-                    srcs = [(a0, d0, pi, kpts), *second(person.track_id)]
-                    add(vi, b, pi, person.track_id, box, srcs)
-                continue
-            first = tracks(a0)
-            seen: set[int] = set()
-            for pi, person in enumerate(bvideo.frames[b].people):
-                where = f"boxes: video {video.name!r} frame {b} person {pi} ({bvideo.source})"
-                _, box = pipeline_lib.person_arrays(person, where)
-                track = person.track_id
-                if track >= 0 and track in seen:
-                    raise ValueError(f"{where}: track_id {track} appears twice in the frame")
-                seen.add(track)
-                hit = first.get(track) if track >= 0 else None
-                if hit is None or box[2] <= 0 or box[3] <= 0:
+def _check_frame_order(video: Video) -> None:
+    """ValueError unless ``video.frames[i].index == i`` for every frame."""
+    for i, frame in enumerate(video.frames):
+        if frame.index != i:
+            raise ValueError(
+                f"video {video.name!r} ({video.source}): frame at position {i} has index "
+                f"{frame.index}; frames must be complete and in order"
+            )
+
+
+def _plan_video(
+    rows: _PlanRows,
+    vi: int,
+    video: Video,
+    bvideo: Video | None,
+    order: tuple[int, ...],
+    blend: bool,
+) -> None:
+    """The rows of one video: every unlabeled frame B with a labeled frame A = B - δ (δ in
+    ``order``, nearest first) gets A's people (``bvideo`` None) or ``bvideo``'s people of B
+    whose track A has; with ``blend`` the nearest labeled frame on B's other side is the
+    second source of each person it has."""
+    sources = {f.index for f in video.frames if f.is_labeled}
+    cache: dict[int, dict] = {}
+
+    def tracks(a):
+        if a not in cache:
+            cache[a] = _sources_by_track(video, a)
+        return cache[a]
+
+    for frame in video.frames:
+        b = frame.index
+        if frame.is_labeled:
+            continue
+        cands = [(d, b - d) for d in order if (b - d) in sources]
+        if not cands:
+            continue
+        d0, a0 = cands[0]
+        other = None
+        if blend:
+            other = next(((d, a) for d, a in cands if (d > 0) != (d0 > 0)), None)
+
+        def second(track, other=other):
+            if other is None or track < 0:
+                return []
+            hit = tracks(other[1]).get(track)
+            return [] if hit is None else [(other[1], other[0], hit[0], hit[1])]
+
+        if bvideo is None:
+            for pi, person in enumerate(video.frames[a0].people):
+                where = f"video {video.name!r} frame {a0} person {pi} ({video.source})"
+                kpts, box = pipeline_lib.person_arrays(person, where)
+                if not np.any(kpts[:, 2] > 0) or box[2] <= 0 or box[3] <= 0:
                     continue
-                add(vi, b, pi, track, box, [(a0, d0, hit[0], hit[1]), *second(track)])
-
-    def arr(key, dtype, shape):
-        return np.array(cols[key], dtype).reshape(-1, *shape)
-
-    return PropagationPlan(
-        video_names=[v.name for v in labeled.videos],
-        video=arr("video", np.int32, ()),
-        frame=arr("frame", np.int32, ()),
-        person=arr("person", np.int32, ()),
-        track_id=arr("track", np.int32, ()),
-        box=arr("box", np.float32, (4,)),
-        source_frame=arr("sf", np.int32, (s,)),
-        source_person=arr("sp", np.int32, (s,)),
-        source_keypoints=arr("sk", np.float32, (s, NUM_JOINTS, 3)),
-        source_weight=arr("sw", np.float32, (s,)),
-    )
+                srcs = [(a0, d0, pi, kpts), *second(person.track_id)]
+                rows.add(vi, b, pi, person.track_id, box, srcs)
+            continue
+        first = tracks(a0)
+        seen: set[int] = set()
+        for pi, person in enumerate(bvideo.frames[b].people):
+            where = f"boxes: video {video.name!r} frame {b} person {pi} ({bvideo.source})"
+            _, box = pipeline_lib.person_arrays(person, where)
+            track = person.track_id
+            if track >= 0 and track in seen:
+                raise ValueError(f"{where}: track_id {track} appears twice in the frame")
+            seen.add(track)
+            hit = first.get(track) if track >= 0 else None
+            if hit is None or box[2] <= 0 or box[3] <= 0:
+                continue
+            rows.add(vi, b, pi, track, box, [(a0, d0, hit[0], hit[1]), *second(track)])
 
 
 def _check_plan(plan: PropagationPlan, labeled: VideoDataset) -> None:
