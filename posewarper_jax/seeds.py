@@ -8,8 +8,12 @@ training and validation videos (other people, scenes, motions), the same config,
 pre-training set. Each draw's data set goes to its own root: ``data.root`` for the config's
 own seed (the main job's data set is reused), ``<data.root>_seed<s>`` for the others; the
 synthetic pre-training set (``pretrain.root``, which does not depend on the seed) is shared
-by every draw. Every draw resumes like the main job: run the same command again and finished
-draws are read back, an interrupted one resumes from its checkpoints.
+by every draw. Pre-training depends on neither the seed nor the draw's data (the same
+stills, ``seed`` and settings), so it runs once: a draw that has not pre-trained yet takes a
+copy of the ``pretrain/`` folder (final checkpoint, ``done.json``, exported backbone) of a
+draw that has, and its pretrain phase reads it back as finished (its ``timing.json`` repeats
+that draw's pre-training time). Every draw resumes like the main job: run the same command
+again and finished draws are read back, an interrupted one resumes from its checkpoints.
 
 After each draw, ``WORKDIR/summary.json`` and ``WORKDIR/summary.md`` are written over the
 draws finished so far (``apps.seeds_summary``): every report row (propagation per method and
@@ -27,13 +31,22 @@ set has draws: another ``data.kind`` is an error. Expected failures print one li
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 from typing import Any
 
 import ml_collections as mlc
 
 from posewarper_jax import cli, experiment, fileio, logs, storage
 
-__all__ = ["draw_config", "draw_workdir", "parse_seeds", "run_seeds", "write_summary"]
+__all__ = [
+    "draw_config",
+    "draw_workdir",
+    "parse_seeds",
+    "run_seeds",
+    "share_pretraining",
+    "write_summary",
+]
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
@@ -82,6 +95,48 @@ def draw_config(config: mlc.ConfigDict, seed: int) -> mlc.ConfigDict:
 
 def draw_workdir(workdir: str, seed: int) -> str:
     return storage.join(workdir, f"seed_{seed}")
+
+
+PRETRAIN_DIR = "pretrain"
+PRETRAIN_DONE = os.path.join(PRETRAIN_DIR, "done.json")
+
+
+def share_pretraining(workdir: str, seed: int, seeds: list[int], *, log=logs.log) -> int | None:
+    """Gives draw ``seed`` the finished pre-training of another draw of ``seeds`` (module
+    docstring); returns that draw's seed, or None when the draw has pre-trained already, no
+    other draw has finished pre-training, the workdir is remote or the job runs on several
+    processes (each draw then pre-trains).
+
+    The copy goes to a temporary folder first and is renamed into place, so an interruption
+    leaves either no ``pretrain/`` or a complete one. A half-written ``pretrain/`` of an
+    interrupted pre-training is left alone: the draw resumes it from its own checkpoints.
+    """
+    dst = draw_workdir(workdir, seed)
+    if (
+        storage.is_remote(dst)
+        or not _single_process()
+        or storage.exists(storage.join(dst, PRETRAIN_DIR))
+    ):
+        return None
+    for other in seeds:
+        src = draw_workdir(workdir, other)
+        if other == seed or not storage.exists(storage.join(src, PRETRAIN_DONE)):
+            continue
+        os.makedirs(dst, exist_ok=True)
+        tmp = os.path.join(dst, PRETRAIN_DIR + ".copying")
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        shutil.copytree(os.path.join(src, PRETRAIN_DIR), tmp)
+        os.replace(tmp, os.path.join(dst, PRETRAIN_DIR))
+        log(f"seeds: draw {seed} takes the finished pre-training of draw {other} ({src})")
+        return other
+    return None
+
+
+def _single_process() -> bool:
+    import jax
+
+    return jax.process_count() == 1
 
 
 def _finished_reports(workdir: str, seeds: list[int]) -> dict[int, dict[str, Any]]:
@@ -138,6 +193,8 @@ def run_seeds(
             f"seeds: draw {i + 1}/{len(seeds)}: data.synthetic_seed={seed}, "
             f"data.root={cfg.data.root}, workdir {draw_workdir(workdir, seed)}"
         )
+        if experiment.settings(cfg).pretraining:
+            share_pretraining(workdir, seed, seeds, log=log)
         job.train_and_evaluate(cfg, draw_workdir(workdir, seed))
         summary = write_summary(workdir, seeds)
     log(f"seeds: summary of {len(seeds)} draws: {storage.join(workdir, SUMMARY_MD)}")

@@ -216,3 +216,43 @@ def test_run_seeds_runs_each_draw_and_summarizes_after_each(tmp_path, monkeypatc
     again = seeds.write_summary(str(tmp_path / "runs"), [0, 1, 2])
     assert again["rows"] == summary["rows"] and not calls
     assert seeds.write_summary(str(tmp_path / "none"), [0]) is None
+
+
+def test_pretraining_runs_once_and_later_draws_take_a_copy(tmp_path, monkeypatch):
+    """The first draw pre-trains; every later draw starts with a copy of its ``pretrain/``
+    (read back as finished by the job), and a draw with its own ``pretrain/`` (finished or
+    interrupted) keeps it. Without pre-training (``pretrain.data=none``) nothing is copied."""
+    from posewarper_jax import job
+
+    seen = {}
+
+    def fake_job(config, workdir):
+        seed = int(config.data.synthetic_seed)
+        done = os.path.join(workdir, "pretrain", "done.json")
+        seen[seed] = json.loads(open(done).read()) if os.path.exists(done) else None
+        if seen[seed] is None and config.pretrain.data != "none":  # "pre-trains"
+            os.makedirs(os.path.join(workdir, "pretrain", "checkpoints", "7"))
+            with open(done, "w") as f:
+                json.dump({"seconds": 11.0, "by": seed}, f)
+        report.write_report(workdir, _results(80.0, 79.0, 45.0, seed), config, TIMING)
+
+    monkeypatch.setattr(job, "train_and_evaluate", fake_job)
+    c = _config("runlocal")
+    c.data.root = str(tmp_path / "data" / "tiny")
+    runs = tmp_path / "runs"
+    # Draw 2 was interrupted while pre-training: its own half-written folder stays.
+    os.makedirs(runs / "seed_2" / "pretrain" / "checkpoints" / "3")
+    messages = []
+    seeds.run_seeds(c, str(runs), [0, 1, 2], log=messages.append)
+    assert seen == {0: None, 1: {"seconds": 11.0, "by": 0}, 2: None}
+    assert (runs / "seed_1" / "pretrain" / "checkpoints" / "7").is_dir()
+    assert not (runs / "seed_1" / "pretrain.copying").exists()
+    assert (runs / "seed_2" / "pretrain" / "checkpoints" / "3").is_dir()
+    assert any("draw 1 takes the finished pre-training of draw 0" in m for m in messages)
+    assert not any("draw 2 takes" in m for m in messages)
+    # Without pre-training nothing is shared.
+    c.pretrain.data = "none"
+    seen.clear()
+    seeds.run_seeds(c, str(tmp_path / "runs_pretrained"), [0, 1], log=lambda *_: None)
+    assert seen == {0: None, 1: None}
+    assert not (tmp_path / "runs_pretrained" / "seed_1" / "pretrain").exists()
