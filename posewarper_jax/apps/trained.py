@@ -9,7 +9,8 @@ the way the job itself loads it (``training.run_stage`` on a finished stage):
 nothing is compiled), keeping ``params`` and ``batch_stats``.
 
 ``load_trained(workdir)`` gives stage 2 (HRNet and the warping head: propagation,
-aggregation, the tracker's motion model); ``stage="stage1"`` the single-frame HRNet.
+aggregation, the tracker's motion model); ``stage="stage1"`` the single-frame HRNet,
+``stage="pretrain"`` the pre-trained one.
 Errors are ``CheckpointError`` (a ``ValueError``) naming the path and what is wrong: not a
 workdir, a stage that did not finish, a checkpoint that does not fit ``config.json``'s model.
 """
@@ -33,7 +34,12 @@ from posewarper_jax.settings import Settings
 __all__ = ["STAGES", "CheckpointError", "TrainedModel", "load_trained"]
 
 # The training stages a command can apply, and what each trains (``training.run_stage``).
-STAGES = {"stage1": training.HRNET, "stage2": training.HEAD, "stage1_augmented": training.HRNET}
+STAGES = {
+    "pretrain": training.HRNET,
+    "stage1": training.HRNET,
+    "stage2": training.HEAD,
+    "stage1_augmented": training.HRNET,
+}
 
 
 class CheckpointError(ExpectedError, ValueError):
