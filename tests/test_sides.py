@@ -1,5 +1,6 @@
 """Left/right confusion (``apps.sides``) on hand-built people: facing from the ground-truth
-shoulders, swaps counted exactly, close pairs left out, people matched whatever their order."""
+shoulders, correct / swapped / collapsed pairs counted exactly, close pairs left out, people
+matched whatever their order."""
 
 from __future__ import annotations
 
@@ -62,20 +63,31 @@ def test_counts_swaps_by_pair_and_facing():
     front, back = _person(0, 60), _person(2000, -60)
     gt = _data([[front, back], [front]])
     # Frame 0: the front person with elbows and knees exchanged, the back person with every
-    # pair exchanged, listed in the other order; frame 1: exact.
-    pred = _data([[_exchange(back), _exchange(front, [(7, 8), (13, 14)])], [front]])
+    # pair exchanged, listed in the other order; frame 1: both wrists on the left one.
+    collapsed = copy.deepcopy(front)
+    collapsed.keypoints[10] = collapsed.keypoints[9]
+    pred = _data([[_exchange(back), _exchange(front, [(7, 8), (13, 14)])], [collapsed]])
     out = sides.side_swaps(gt, pred)
     assert out["people"] == {"front": 2, "side": 0, "back": 1, "unknown": 0}
-    assert out["pairs"]["elbow"]["front"] == {"counted": 2, "swapped": 1, "rate": 0.5}
-    assert out["pairs"]["knee"]["front"] == {"counted": 2, "swapped": 1, "rate": 0.5}
-    assert out["pairs"]["wrist"]["front"] == {"counted": 2, "swapped": 0, "rate": 0.0}
-    assert out["pairs"]["shoulder"]["back"] == {"counted": 1, "swapped": 1, "rate": 1.0}
-    assert out["all"]["back"] == {"counted": 7, "swapped": 7, "rate": 1.0}
-    assert out["all"]["front"] == {"counted": 14, "swapped": 2, "rate": 2 / 14}
-    assert out["all"]["side"] == {"counted": 0, "swapped": 0, "rate": None}
+
+    def cell(counted, correct, swapped, collapsed):
+        return {
+            "counted": counted, "correct": correct, "swapped": swapped, "collapsed": collapsed,
+            "correct_rate": correct / counted, "swapped_rate": swapped / counted,
+            "collapsed_rate": collapsed / counted,
+        }  # fmt: skip
+
+    assert out["pairs"]["elbow"]["front"] == cell(2, 1, 1, 0)
+    assert out["pairs"]["knee"]["front"] == cell(2, 1, 1, 0)
+    assert out["pairs"]["wrist"]["front"] == cell(2, 1, 0, 1)
+    assert out["pairs"]["shoulder"]["back"] == cell(1, 0, 1, 0)
+    assert out["all"]["back"] == cell(7, 0, 7, 0)
+    assert out["all"]["front"] == cell(14, 11, 2, 1)
+    assert out["all"]["side"]["counted"] == 0 and out["all"]["side"]["swapped_rate"] is None
     table = sides.render_sides("t", out)
-    assert "| elbow | 50.0 (2) | – | 100.0 (1) | – |" in table
-    assert "| all | 14.3 (14) | – | 100.0 (7) | – |" in table
+    assert "| elbow | 50 / 0 (2) | – | 100 / 0 (1) | – |" in table
+    assert "| wrist | 0 / 50 (2) | – | 100 / 0 (1) | – |" in table
+    assert "| all | 14 / 7 (14) | – | 100 / 0 (7) | – |" in table
 
 
 def test_close_and_unlabeled_pairs_are_not_counted():
@@ -85,10 +97,11 @@ def test_close_and_unlabeled_pairs_are_not_counted():
     # Facing "side" (shoulders 0.17 head sizes apart); the ears only (the elbow pair has one
     # label, the shoulders are 5 px < 0.2 head sizes apart).
     assert out["people"]["side"] == 1
-    assert out["all"]["side"] == {"counted": 1, "swapped": 1, "rate": 1.0}
+    assert out["all"]["side"]["counted"] == 1 and out["all"]["side"]["swapped"] == 1
     assert out["pairs"]["ear"]["side"]["swapped"] == 1
     out = sides.side_swaps(_data([[p]]), _data([[_exchange(p)]]), min_separation=0.1)
-    assert out["pairs"]["shoulder"]["side"] == {"counted": 1, "swapped": 1, "rate": 1.0}
+    assert out["pairs"]["shoulder"]["side"]["counted"] == 1
+    assert out["pairs"]["shoulder"]["side"]["swapped"] == 1
 
 
 def test_a_frame_without_labels_or_predictions_and_bad_inputs():

@@ -10,14 +10,19 @@ report's detection does (the config's flip test and decoding), and counts, for e
 left/right joint pair whose two ground-truth joints are labeled, whether the prediction put
 them the right way round. Prints one table per stage and writes ``WORKDIR/sides.json``.
 
-The measure (``side_swaps``), per person and pair (left joint ``l``, right joint ``r``):
+The measure (``side_swaps``), per person and pair (left joint ``l``, right joint ``r``): each
+predicted joint goes to the nearer of the two ground-truth joints ``g_l``, ``g_r``, and the pair
+is
 
-* swapped when ``||p_l - g_r|| + ||p_r - g_l|| < ||p_l - g_l|| + ||p_r - g_r||``: the prediction
-  is nearer the ground truth with the two sides exchanged;
-* pairs whose two ground-truth joints lie within ``min_separation`` head sizes of each other
-  are not counted (either order is about as good);
-* predictions are matched to ground-truth people by the mean of their joints, which a
-  left/right exchange does not move (nearest first, each prediction used once).
+* ``correct``: ``p_l`` nearer ``g_l`` and ``p_r`` nearer ``g_r``;
+* ``swapped``: ``p_l`` nearer ``g_r`` and ``p_r`` nearer ``g_l``: the sides exchanged;
+* ``collapsed``: both nearer the same ground-truth joint: the model put its left and its right
+  joint on one of the two (typically the same point), and the other joint has no prediction.
+
+Pairs whose two ground-truth joints lie within ``min_separation`` head sizes of each other
+are not counted (either order is about as good). Predictions are matched to ground-truth
+people by the mean of their joints, which a left/right exchange does not move (nearest first,
+each prediction used once).
 
 Facing, read off the ground truth: ``s = (x_left_shoulder - x_right_shoulder) / head size``.
 ``s > +0.5``: the person's left shoulder is on the image's right, the person faces the camera
@@ -26,9 +31,9 @@ the image). Persons without both shoulders labeled are ``unknown`` (in the synth
 hidden joint is unlabeled, so these are mostly side views, whose far shoulder the body
 hides). The head size is poseval's (0.6 × the head box's diagonal).
 
-A model that cannot tell front from back swaps about half of the pairs of the people it sees
-from behind (or from the front) and few of the side views; one that misplaces joints at random
-swaps in every bin alike.
+A model that tells left from right by the way the person faces gets most pairs ``correct`` in
+every bin. One that cannot tell front from back swaps the pairs of the people it sees one way
+(or, unsure, puts both joints of a pair on the stronger one: ``collapsed``).
 """
 
 from __future__ import annotations
@@ -41,9 +46,10 @@ import numpy as np
 
 from posewarper_jax.data.types import FLIP_PAIRS, JOINT_NAMES, Person, VideoDataset
 
-__all__ = ["FACINGS", "facing", "side_swaps", "render_sides"]
+__all__ = ["FACINGS", "OUTCOMES", "facing", "side_swaps", "render_sides"]
 
 FACINGS = ("front", "side", "back", "unknown")
+OUTCOMES = ("correct", "swapped", "collapsed")
 SIDE_THRESHOLD = 0.5  # head sizes between the shoulders' x (``facing``)
 _L_SHOULDER, _R_SHOULDER = JOINT_NAMES.index("left_shoulder"), JOINT_NAMES.index("right_shoulder")
 
@@ -100,9 +106,10 @@ def side_swaps(
     frames; videos matched by name, frames by position.
 
     Returns:
-      ``{"pairs": {pair name: {facing: {"counted", "swapped", "rate"}}}, "all": {facing:
-      {...}}, "people": {facing: number of matched people}}``; ``rate`` is None where nothing
-      was counted. A pair's name is its left joint's without ``left_`` (``shoulder``, ...,
+      ``{"pairs": {pair name: {facing: cell}}, "all": {facing: cell}, "people": {facing:
+      number of matched people}}``, a cell ``{"counted", "correct", "swapped", "collapsed",
+      "correct_rate", "swapped_rate", "collapsed_rate"}`` (rates None where nothing was
+      counted). A pair's name is its left joint's without ``left_`` (``shoulder``, ...,
       ``ear``).
 
     Raises:
@@ -110,7 +117,7 @@ def side_swaps(
     """
     preds = {v.name: v for v in pred.videos}
     names = {pair: JOINT_NAMES[pair[0]].removeprefix("left_") for pair in FLIP_PAIRS}
-    counts = {n: {f: [0, 0] for f in FACINGS} for n in names.values()}
+    counts = {n: {f: dict.fromkeys(OUTCOMES, 0) for f in FACINGS} for n in names.values()}
     people = dict.fromkeys(FACINGS, 0)
     for video in gt.videos:
         if video.name not in preds:
@@ -139,31 +146,33 @@ def side_swaps(
                     gl, gr, pl, pr = gk[lj, :2], gk[rj, :2], pk[lj, :2], pk[rj, :2]
                     if np.linalg.norm(gl - gr) < min_separation * size:
                         continue
-                    same = np.linalg.norm(pl - gl) + np.linalg.norm(pr - gr)
-                    swap = np.linalg.norm(pl - gr) + np.linalg.norm(pr - gl)
-                    counts[name][face][0] += 1
-                    counts[name][face][1] += int(swap < same)
+                    l_on_l = np.linalg.norm(pl - gl) <= np.linalg.norm(pl - gr)
+                    r_on_r = np.linalg.norm(pr - gr) < np.linalg.norm(pr - gl)
+                    if l_on_l and r_on_r:
+                        outcome = "correct"
+                    elif not l_on_l and not r_on_r:
+                        outcome = "swapped"
+                    else:
+                        outcome = "collapsed"
+                    counts[name][face][outcome] += 1
 
-    def cell(counted: int, swapped: int) -> dict[str, Any]:
-        return {
-            "counted": counted,
-            "swapped": swapped,
-            "rate": swapped / counted if counted else None,
-        }
+    def cell(c: dict[str, int]) -> dict[str, Any]:
+        n = sum(c.values())
+        return {"counted": n, **c, **{f"{k}_rate": c[k] / n if n else None for k in OUTCOMES}}
 
-    pairs = {n: {f: cell(*c[f]) for f in FACINGS} for n, c in counts.items()}
-    total = {
-        f: cell(sum(c[f][0] for c in counts.values()), sum(c[f][1] for c in counts.values()))
-        for f in FACINGS
-    }
+    pairs = {n: {f: cell(c[f]) for f in FACINGS} for n, c in counts.items()}
+    total = {f: cell({k: sum(c[f][k] for c in counts.values()) for k in OUTCOMES}) for f in FACINGS}
     return {"pairs": pairs, "all": total, "people": people, "min_separation": min_separation}
 
 
 def render_sides(title: str, result: dict[str, Any]) -> str:
-    """A markdown table of ``side_swaps``' result: % of pairs swapped (pairs counted)."""
+    """A markdown table of ``side_swaps``' result: per pair and facing, % of the pairs
+    swapped / collapsed (pairs counted)."""
 
     def fmt(c: dict[str, Any]) -> str:
-        return "–" if c["rate"] is None else f"{100 * c['rate']:.1f} ({c['counted']})"
+        if not c["counted"]:
+            return "–"
+        return f"{100 * c['swapped_rate']:.0f} / {100 * c['collapsed_rate']:.0f} ({c['counted']})"
 
     people = result["people"]
     head = " | ".join(f"{f} ({people[f]} people)" for f in FACINGS)
@@ -211,7 +220,8 @@ def _main(argv):  # pragma: no cover - exercised through the CLI
             )  # fmt: skip
             result = side_swaps(data, pred)
             out["stages"][stage][what] = result
-            print(render_sides(f"{stage}, {what}: % of left/right pairs swapped", result))
+            title = f"{stage}, {what}: % of left/right pairs swapped / collapsed"
+            print(render_sides(title, result))
     path = os.path.join(workdir, "sides.json")
     fileio.write_json(path, out)
     print(f"written: {path}")
