@@ -351,7 +351,8 @@ def pretrain_dataset(config: Config) -> VideoDataset:
 
 def ensure_data(config: Config, *, progress: bool = True) -> None:
     """Generates the synthetic data set under ``data.root``, and the synthetic pre-training
-    set (``pretrain_root``) when the job pre-trains on it, unless they are already there."""
+    set (``pretrain_root``) when the job pre-trains on it, unless they are already there.
+    The pre-training set labels joints as the data set does (``label_occluded``)."""
     from posewarper_jax import cli
     from posewarper_jax.data import synthetic
 
@@ -372,6 +373,8 @@ def ensure_data(config: Config, *, progress: bool = True) -> None:
         make("data.root", s.data.root, s.data.synthetic)
     if s.pretraining and s.pretrain.data == "synthetic":
         preset = synthetic.get_config(s.pretrain.synthetic_preset)
+        if s.data.kind == "synthetic":
+            preset = dataclasses.replace(preset, label_occluded=s.data.synthetic.label_occluded)
         make("pretrain.root", s.pretrain.root, preset)
 
 

@@ -409,3 +409,57 @@ def test_label_stride_marks_sparse_frames():
     video = gen.to_video(rec, cfg, "/ann")
     assert [f.is_labeled for f in video.frames] == [True, False, True, False, True]
     assert [len(f.people) for f in video.frames] == [1, 0, 1, 0, 1]
+
+
+def test_label_occluded_labels_hidden_joints_in_the_image():
+    """Visible joints only by default; with ``label_occluded`` also the joints hidden by the
+    body, another person or an object, never one out of view nor an ear."""
+    occ = np.zeros((1, 1, 17), np.int64)
+    occ[0, 0, J["left_shoulder"]] = 1  # own body
+    occ[0, 0, J["left_knee"]] = 2  # another person
+    occ[0, 0, J["left_wrist"]] = 3  # an object
+    occ[0, 0, J["left_ankle"]] = 4  # out of view
+    occ[0, 0, J["left_ear"]] = 1
+    visible = occ == 0
+    kp = np.arange(17 * 2, dtype=np.float64).reshape(1, 1, 17, 2) + 10
+    rec = gen.VideoRecord(
+        "val", 0, "020000_synth_val", ["/x/000000.jpg"], kp, visible, np.ones((1, 1, 4)),
+        np.ones((1, 1, 4)), np.ones((1, 1), int), np.zeros((1, 1, 17, 3)),
+        np.zeros((1, 1, 17, 3)), np.eye(3), np.zeros((1, 3, 4)),
+        conditions={"cond_occlusion": occ},
+    )  # fmt: skip
+    hidden = [J["left_shoulder"], J["left_knee"], J["left_wrist"]]
+    for label_occluded, extra in ((False, []), (True, hidden)):
+        cfg = dataclasses.replace(_SMALL, label_occluded=label_occluded)
+        k = gen.to_video(rec, cfg, "/ann").frames[0].people[0].keypoints
+        want = visible[0, 0] & gen._LABELED
+        want[extra] = True
+        np.testing.assert_array_equal(k[:, 2] > 0, want)
+        np.testing.assert_array_equal(k[want, :2], kp[0, 0, want].astype(np.float32))
+        assert not k[[J["left_ankle"], J["left_ear"]], 2].any()
+
+
+def test_label_occluded_reaches_the_files_and_the_pretraining_set(tmp_path):
+    """``data.synthetic_overrides=label_occluded=true``: the written labels are the visible and
+    the hidden in-view joints (sidecar), and the pre-training set follows the convention."""
+    from test_training import _config_module
+
+    from posewarper_jax import experiment
+
+    c = _config_module().get_config("runlocal")
+    c.data.root = str(tmp_path / "data")
+    c.data.synthetic_overrides = "label_occluded=true"
+    experiment.ensure_data(c, progress=False)
+    for root in (c.data.root, c.data.root + "_stills"):
+        info = json.load(open(os.path.join(root, "info.json")))
+        assert info["config"]["label_occluded"] is True
+    hidden_labeled = 0
+    for video in syn.load_split(c.data.root, "train").videos:
+        side = syn.load_sidecar(c.data.root, "train", video.name)
+        in_view = np.isin(side["cond_occlusion"], (1, 2, 3)) | side["visible"]
+        for frame in video.frames:
+            for person in frame.people:
+                want = in_view[frame.index, person.track_id] & gen._LABELED
+                np.testing.assert_array_equal(person.keypoints[:, 2] > 0, want)
+                hidden_labeled += int((want & ~side["visible"][frame.index, person.track_id]).sum())
+    assert hidden_labeled > 0

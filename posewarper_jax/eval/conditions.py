@@ -21,10 +21,11 @@ method's predictions on each subset:
   vanish).
 * Hidden joints (``HIDDEN_SUBSETS``): joints of annotated people that another person
   (``hidden_by_person``) or an object (``hidden_by_object``) hides, which the ground truth
-  does not label. Their PCKh@0.5 against the position the renderer knows (the sidecar's
-  ``joints_2d``), over the prediction paired with the person (joints a prediction lacks are
-  misses). poseval never scores these; the figure says how well a method places a joint it
-  cannot see.
+  does not label (unless the data set was generated with ``label_occluded``). Their PCKh@0.5
+  against the position the renderer knows (the sidecar's ``joints_2d``), over the prediction
+  paired with the person (joints a prediction lacks are misses). Without ``label_occluded``
+  poseval never scores these; the figure says how well a method places a joint it cannot
+  see.
 
 Every subset records how many frames and ground-truth joints it holds, so that a figure from
 a handful of joints is seen as such.

@@ -39,6 +39,14 @@ class SyntheticConfig:
         the camera's dolly, change it).
       label_stride: frames with ``index % label_stride == 0`` are ``is_labeled`` (1 = every
         frame; the project makes its sparse subsets from dense labels itself).
+      label_occluded: also label the joints that the person's own body, another person or an
+        object hides, where they lie in the image (COCO's ``v = 1``, "labeled, not visible":
+        annotators place a hidden joint whose position they can infer). False (generator
+        versions up to 4): only visible joints are labeled. Then a side view's far shoulder,
+        hip, knee... carries no label, so nothing in training penalises a model that puts its
+        left and its right joint of a pair both on the visible one, and HRNet learns exactly
+        that (``apps.sides``). Ears stay unlabeled either way (PoseTrack18 never labels them),
+        and so do joints outside the image.
       noise_std: range of the per-video sensor noise (std, in 0..255 grey levels).
       jpeg_quality: quality of the written JPEG frames.
 
@@ -96,6 +104,7 @@ class SyntheticConfig:
     max_people: int = 3
     person_height_frac: tuple[float, float] = (0.5, 0.75)
     label_stride: int = 1
+    label_occluded: bool = False
     noise_std: tuple[float, float] = (1.0, 4.0)
     jpeg_quality: int = 90
     occluder_prob: float = 0.5

@@ -35,7 +35,13 @@ from posewarper_jax.data.synthetic.config import (
     SyntheticConfig,
     get_config,
 )
-from posewarper_jax.data.synthetic.scene import render_frame, sample_scene
+from posewarper_jax.data.synthetic.scene import (
+    OBJECT_OCCLUDED,
+    PERSON_OCCLUDED,
+    SELF_OCCLUDED,
+    render_frame,
+    sample_scene,
+)
 from posewarper_jax.data.types import NUM_JOINTS, SKELETON, Frame, Person, Video, VideoDataset
 
 SPLITS: tuple[str, ...] = ("train", "val")
@@ -163,10 +169,22 @@ def annotated(record: VideoRecord) -> np.ndarray:
     return (record.visible & _LABELED).any(-1)
 
 
+def labeled_joints(record: VideoRecord, cfg: SyntheticConfig) -> np.ndarray:
+    """bool [T, P, 17]: the joints the JSON labels: the visible ones, and with
+    ``cfg.label_occluded`` the hidden ones inside the image too; never the ears."""
+    labeled = record.visible.copy()
+    if cfg.label_occluded:
+        occlusion = record.conditions["cond_occlusion"]
+        labeled |= np.isin(occlusion, (SELF_OCCLUDED, PERSON_OCCLUDED, OBJECT_OCCLUDED))
+    return labeled & _LABELED
+
+
 def to_video(record: VideoRecord, cfg: SyntheticConfig, ann_dir: str) -> Video:
-    """The ``types.Video`` of a rendered video: visible joints (ears excepted) labeled."""
+    """The ``types.Video`` of a rendered video: ``labeled_joints`` labeled, on the people with
+    a visible joint."""
     T, P = record.visible.shape[:2]
     keep = annotated(record)
+    joints = labeled_joints(record, cfg)
     frames = []
     for f in range(T):
         labeled = f % cfg.label_stride == 0
@@ -175,7 +193,7 @@ def to_video(record: VideoRecord, cfg: SyntheticConfig, ann_dir: str) -> Video:
             for p in range(P):
                 if not keep[f, p]:
                     continue
-                v = record.visible[f, p] & _LABELED
+                v = joints[f, p]
                 kps = np.zeros((NUM_JOINTS, 3), np.float32)
                 kps[v, :2] = record.keypoints[f, p, v]
                 kps[v, 2] = 1.0
@@ -284,9 +302,18 @@ def matches(root: str, cfg: SyntheticConfig) -> bool:
     return (
         info is not None
         and info.get("version") == GENERATOR_VERSION
-        and info.get("config") == cfg.to_dict()
+        and _stored_config(info) == cfg
         and all(storage.isdir(os.path.join(root, "annotations", s)) for s in SPLITS)
     )
+
+
+def _stored_config(info: dict) -> SyntheticConfig | None:
+    """The config an ``info.json`` records; a field it predates takes its default (a field
+    added with a default that keeps the files as they were, e.g. ``label_occluded``)."""
+    try:
+        return SyntheticConfig.from_dict(info.get("config") or {})
+    except (TypeError, ValueError):
+        return None
 
 
 def preset_name(cfg: SyntheticConfig) -> str | None:
