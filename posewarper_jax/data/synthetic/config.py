@@ -42,11 +42,9 @@ class SyntheticConfig:
       label_occluded: also label the joints that the person's own body, another person or an
         object hides, where they lie in the image (COCO's ``v = 1``, "labeled, not visible":
         annotators place a hidden joint whose position they can infer). False (generator
-        versions up to 4): only visible joints are labeled. Then a side view's far shoulder,
-        hip, knee... carries no label, so nothing in training penalises a model that puts its
-        left and its right joint of a pair both on the visible one, and HRNet learns exactly
-        that (``apps.sides``). Ears stay unlabeled either way (PoseTrack18 never labels them),
-        and so do joints outside the image.
+        versions up to 4): only visible joints are labeled, so a side view's far shoulder,
+        hip, knee... carries no label. Ears stay unlabeled either way (PoseTrack18 never
+        labels them), and so do joints outside the image.
       noise_std: range of the per-video sensor noise (std, in 0..255 grey levels).
       jpeg_quality: quality of the written JPEG frames.
 
