@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from posewarper_jax.data.types import FLIP_PAIRS, JOINT_NAMES, Person, VideoDataset
+from posewarper_jax.eval.posetrack_map import _head_size
 
 __all__ = ["FACINGS", "OUTCOMES", "facing", "side_swaps", "render_sides"]
 
@@ -54,18 +55,17 @@ SIDE_THRESHOLD = 0.5  # head sizes between the shoulders' x (``facing``)
 _L_SHOULDER, _R_SHOULDER = JOINT_NAMES.index("left_shoulder"), JOINT_NAMES.index("right_shoulder")
 
 
-def _head_size(person: Person) -> float | None:
+def _size(person: Person) -> float | None:
+    """poseval's head size, None without a head box (or a degenerate one)."""
     if person.head_bbox is None:
         return None
-    _, _, w, h = (float(v) for v in person.head_bbox)
-    size = 0.6 * float(np.hypot(w, h))
-    return size if size > 0 else None
+    return _head_size(person) or None
 
 
 def facing(person: Person) -> str:
     """``front``, ``side``, ``back`` or ``unknown`` (module docstring) of a ground-truth person."""
     kp = np.asarray(person.keypoints, np.float64)
-    size = _head_size(person)
+    size = _size(person)
     if size is None or kp[_L_SHOULDER, 2] <= 0 or kp[_R_SHOULDER, 2] <= 0:
         return "unknown"
     s = (kp[_L_SHOULDER, 0] - kp[_R_SHOULDER, 0]) / size
@@ -133,7 +133,7 @@ def side_swaps(
                 continue
             for i, j in _match(frame.people, pframe.people):
                 g = frame.people[i]
-                size = _head_size(g)
+                size = _size(g)
                 if size is None:
                     continue
                 face = facing(g)
@@ -183,17 +183,10 @@ def render_sides(title: str, result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _labeled_training_frames(settings) -> VideoDataset:  # pragma: no cover - the CLI
-    from posewarper_jax import job
-
-    train, _ = job.training_data(settings)
-    return train
-
-
 def _main(argv):  # pragma: no cover - exercised through the CLI
     from absl import app, flags, logging
 
-    from posewarper_jax import fileio, training
+    from posewarper_jax import cli, experiment, fileio, job, training
     from posewarper_jax.apps import detection, trained
 
     if len(argv) > 1:
@@ -201,21 +194,26 @@ def _main(argv):  # pragma: no cover - exercised through the CLI
     logging.set_verbosity(logging.WARNING)
     workdir, split = flags.FLAGS.workdir, flags.FLAGS.split
     stages = [s.strip() for s in flags.FLAGS.stages.split(",") if s.strip()]
-    from posewarper_jax import experiment
+    unknown = [s for s in stages if trained.STAGES.get(s) != training.HRNET]
+    if not stages or unknown:
+        hrnets = sorted(k for k, v in trained.STAGES.items() if v == training.HRNET)
+        raise cli.ExpectedError(f"--stages {flags.FLAGS.stages!r}: give stages among {hrnets}")
 
+    # The stages share the workdir's config: its data is read once.
+    s = experiment.settings(trained.read_config(workdir), check=False)
+    sets = {
+        f"validation ({split})": experiment.eval_videos(s, split),
+        "training (sparse labels)": job.training_data(s)[0],
+    }
+    pipe_cfg = experiment.pipeline_config(s, "eval")
     out: dict[str, Any] = {"split": split, "stages": {}}
     mesh = training.data_mesh()
     for stage in stages:
         run = trained.load_trained(workdir, stage)
-        s = experiment.settings(run.config, check=False)
-        sets = {
-            f"validation ({split})": experiment.eval_videos(s, split),
-            "training (sparse labels)": _labeled_training_frames(s),
-        }
         out["stages"][stage] = {}
         for what, data in sets.items():
             pred = detection.detect_single_frame(
-                run.model, run.variables, data, experiment.pipeline_config(s, "eval"),
+                run.model, run.variables, data, pipe_cfg,
                 flip_test=s.eval.flip_test, mesh=mesh, decoding=s.eval.decoding,
             )  # fmt: skip
             result = side_swaps(data, pred)
