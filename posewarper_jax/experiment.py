@@ -352,7 +352,8 @@ def pretrain_dataset(config: Config) -> VideoDataset:
 def ensure_data(config: Config, *, progress: bool = True) -> None:
     """Generates the synthetic data set under ``data.root``, and the synthetic pre-training
     set (``pretrain_root``) when the job pre-trains on it, unless they are already there.
-    The pre-training set labels joints as the data set does (``label_occluded``)."""
+    The pre-training set labels joints as the data set does (``label_occluded``) and draws
+    people as it does (``face_detail``)."""
     from posewarper_jax import cli
     from posewarper_jax.data import synthetic
 
@@ -374,7 +375,10 @@ def ensure_data(config: Config, *, progress: bool = True) -> None:
     if s.pretraining and s.pretrain.data == "synthetic":
         preset = synthetic.get_config(s.pretrain.synthetic_preset)
         if s.data.kind == "synthetic":
-            preset = dataclasses.replace(preset, label_occluded=s.data.synthetic.label_occluded)
+            d = s.data.synthetic
+            preset = dataclasses.replace(
+                preset, label_occluded=d.label_occluded, face_detail=d.face_detail
+            )
         make("pretrain.root", s.pretrain.root, preset)
 
 

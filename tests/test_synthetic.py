@@ -235,6 +235,52 @@ def test_self_occlusion_in_profile_and_from_behind():
     assert v[J["head_top"]] and v[J["left_shoulder"]] and v[J["right_hip"]]
 
 
+def test_face_detail_marks_only_the_front_of_the_head_and_chest():
+    """``face_detail`` adds a nose (a capsule with the head's id), a mouth and a neckline
+    (colour only). Every changed pixel shows the person's head, neck or torso (or the nose's
+    soft edge), an id changes
+    only to the head's (the nose) and joint visibility stays. Facing the camera, the
+    neckline's pixels take the skin's hue; in profile the nose juts out of the head's
+    outline; from behind nothing of it shows."""
+    shape, _ = _person()
+    skin = np.array([90.0, 140.0, 200.0], np.float32)
+    colors = shape.colors.copy()
+    colors[body.HEAD_PART] = skin
+    shape = dataclasses.replace(shape, colors=colors)
+    head = render.person_part_id(0, body.HEAD_PART)
+    names = ("spine", "neck", "shoulder_left", "shoulder_right", "head")
+    allowed = [render.person_part_id(0, body.PART_NAMES.index(n)) for n in names]
+    spine = render.person_part_id(0, body.PART_NAMES.index("spine"))
+    for view, yaw in (("front", 0.0), ("profile", np.pi / 2), ("back", np.pi)):
+        base = _scene(
+            [(shape, body.static_motion(1, yaw=yaw))],
+            eye=(0.0, 1.55, 3.0),
+            target=(0.0, 1.55, 0.0),
+            focal=600.0,
+        )  # head and chest, the head about 40 px wide
+        plain = scene_lib.render_frame(base, 0, effects=False)
+        detail = scene_lib.render_frame(
+            dataclasses.replace(base, face_detail=True), 0, effects=False
+        )
+        changed = np.abs(detail.canvas.color - plain.canvas.color).max(-1) > 1.0
+        new_ids = detail.canvas.ids != plain.canvas.ids
+        np.testing.assert_array_equal(detail.visible, plain.visible)
+        # (or the nose's anti-aliased edge, at most a pixel outside it)
+        own = cv2.dilate(np.isin(detail.canvas.ids, allowed).astype(np.uint8), np.ones((3, 3)))
+        assert own[changed].all(), view
+        assert (detail.canvas.ids[new_ids] == head).all(), view
+        if view == "back":
+            assert not changed.any() and not new_ids.any()
+        elif view == "profile":
+            assert (new_ids & (plain.canvas.ids == 0)).sum() >= 2  # the nose over background
+        else:
+            neck = changed & (detail.canvas.ids == spine)
+            assert neck.sum() > 5
+            col = detail.canvas.color[neck]
+            cos = (col @ skin) / (np.linalg.norm(col, axis=-1) * np.linalg.norm(skin))
+            assert np.median(cos) > 0.99
+
+
 # ----------------------------------------------------------------------------- data set on disk
 
 _SMALL = syn.SyntheticConfig(

@@ -65,8 +65,47 @@ class TrainedModel:
         return experiment.pipeline_config(run, "eval", **overrides)
 
 
+# Config fields holding local paths that may be relative to the directory the job ran in.
+PATH_FIELDS = (
+    ("data", "root"), ("data", "val_detections"), ("pretrain", "root"), ("pretrain", "ann"),
+    ("model", "pretrained"),
+)  # fmt: skip
+LAUNCH_FILE = "launch.json"
+
+
+def write_launch(workdir: str) -> None:
+    """Records in ``workdir/launch.json`` the directory the job runs in, against which
+    ``read_config`` resolves the config's relative paths (``PATH_FIELDS``) when they are not
+    found from the reader's own directory."""
+    from posewarper_jax import fileio, storage
+
+    fileio.atomic_write(storage.join(workdir, LAUNCH_FILE), json.dumps({"cwd": os.getcwd()}))
+
+
+def _resolve_paths(config: mlc.ConfigDict, workdir: str) -> None:
+    """Relative ``PATH_FIELDS`` that do not exist from here but do from the job's directory
+    become absolute paths there (the data set of a run read from another directory)."""
+    from posewarper_jax import storage
+
+    path = storage.join(workdir, LAUNCH_FILE)
+    try:
+        cwd = json.loads(storage.read_text(path))["cwd"] if storage.isfile(path) else ""
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        cwd = ""
+    if not isinstance(cwd, str) or not cwd:
+        return
+    for group, field in PATH_FIELDS:
+        value = config.get(group, {}).get(field, "")
+        if not isinstance(value, str) or not value or os.path.isabs(value) or "://" in value:
+            continue
+        there = os.path.join(cwd, value)
+        if not os.path.exists(value) and os.path.exists(there):
+            config[group][field] = there
+
+
 def read_config(workdir: str) -> mlc.ConfigDict:
-    """``workdir/config.json`` as a ``ConfigDict``."""
+    """``workdir/config.json`` as a ``ConfigDict``, its relative data paths resolved against
+    the job's directory where they are not found from here (``write_launch``)."""
     from posewarper_jax import storage
 
     if not storage.isdir(workdir):
@@ -80,7 +119,9 @@ def read_config(workdir: str) -> mlc.ConfigDict:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
-    return mlc.ConfigDict(data)
+    config = mlc.ConfigDict(data)
+    _resolve_paths(config, workdir)
+    return config
 
 
 def abstract_state(settings: Settings, model, stage: str) -> dict:

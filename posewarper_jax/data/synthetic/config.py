@@ -45,6 +45,12 @@ class SyntheticConfig:
         versions up to 4): only visible joints are labeled, so a side view's far shoulder,
         hip, knee... carries no label. Ears stay unlabeled either way (PoseTrack18 never
         labels them), and so do joints outside the image.
+      face_detail: draw what tells a person's front from their back besides the eyes: a
+        nose that juts out of the face (seen in profile), a mouth and the shirt's V-neckline
+        on the chest. False (generator versions up to 4): the eyes and where the hair is are
+        the only cues, and a small single-frame HRNet does not learn left from right on them
+        (README, "left/right"). Colours change, and the nose's pixels (a joint it hides
+        turns unseen).
       noise_std: range of the per-video sensor noise (std, in 0..255 grey levels).
       jpeg_quality: quality of the written JPEG frames.
 
@@ -103,6 +109,7 @@ class SyntheticConfig:
     person_height_frac: tuple[float, float] = (0.5, 0.75)
     label_stride: int = 1
     label_occluded: bool = False
+    face_detail: bool = False
     noise_std: tuple[float, float] = (1.0, 4.0)
     jpeg_quality: int = 90
     occluder_prob: float = 0.5

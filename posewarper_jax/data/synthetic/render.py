@@ -348,6 +348,89 @@ def draw_eyes(
         )  # fmt: skip
 
 
+def nose_capsule(
+    shape: body_lib.BodyShape, pose: body_lib.BodyPose, frame: int, camera: Camera
+) -> tuple[np.ndarray, np.ndarray, float, float, Surface]:
+    """The nose, a short skin capsule sticking out of the face below the eyes, in camera
+    coordinates: (a [3], b [3], ra, rb, surface). It juts out by about a quarter of the head's
+    radius (2-3 cm on an adult), so a profile shows which way the head faces."""
+    R_head = camera.R @ pose.head_frame[frame]
+    a = camera.to_camera(pose.part_a[frame, body_lib.HEAD_PART])
+    b = camera.to_camera(pose.part_b[frame, body_lib.HEAD_PART])
+    centre = 0.5 * (a + b)
+    r = float(shape.radii[body_lib.HEAD_PART, 0])
+    root = centre + R_head @ np.array([0.0, -0.1 * r, 0.75 * r])
+    tip = centre + R_head @ np.array([0.0, -0.3 * r, 1.1 * r])
+    skin = np.asarray(shape.colors[body_lib.HEAD_PART], np.float32) * 0.9
+    return root, tip, 0.2 * r, 0.16 * r, Surface(skin, skin)
+
+
+def draw_front_marks(
+    canvas: Canvas, K: np.ndarray, shape: body_lib.BodyShape, pose: body_lib.BodyPose,
+    frame: int, camera: Camera, person: int,
+) -> None:  # fmt: skip
+    """What shows that a person faces the camera, besides the eyes: the mouth (a dark line
+    under the nose) and the shirt's neckline (a skin-coloured V on the front of the chest).
+    Colour only, painted only over the pixels that show this person's head (mouth) or torso
+    (neckline), so whatever stands in front keeps its colour; ids and depth are untouched."""
+    H, W = canvas.shape
+    R_head = camera.R @ pose.head_frame[frame]
+    R_torso = camera.R @ pose.torso_frame[frame]
+    hp = body_lib.HEAD_PART
+    a = camera.to_camera(pose.part_a[frame])
+    b = camera.to_camera(pose.part_b[frame])
+    skin = np.asarray(shape.colors[hp], np.float32)
+
+    def paint(points: np.ndarray, parts: tuple[int, ...], color: np.ndarray, closed: bool):
+        if np.any(points[:, 2] < NEAR):
+            return
+        uv = project_camera(K, points)
+        x0, y0 = np.maximum(np.floor(uv.min(0)).astype(int) - 2, 0)
+        x1 = min(int(np.ceil(uv[:, 0].max())) + 2, W - 1)
+        y1 = min(int(np.ceil(uv[:, 1].max())) + 2, H - 1)
+        if x0 > x1 or y0 > y1:
+            return
+        mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.float32)
+        pts = np.round((uv - [x0, y0]) * 16).astype(np.int32)
+        if closed:
+            cv2.fillPoly(mask, [pts], 1.0, cv2.LINE_AA, shift=4)
+        else:
+            cv2.polylines(mask, [pts], False, 1.0, 1, cv2.LINE_AA, shift=4)
+        ids = canvas.ids[y0 : y1 + 1, x0 : x1 + 1]
+        own = np.isin(ids, [person_part_id(person, k) for k in parts])
+        w = (mask * own)[..., None]
+        region = canvas.color[y0 : y1 + 1, x0 : x1 + 1]
+        shade = region.mean(-1, keepdims=True) / max(float(np.mean(color)), 1.0)
+        tone = color * np.clip(shade, 0.5, 1.2)  # keep the light the surface had
+        region[...] = w * tone + (1.0 - w) * region
+
+    # Mouth: seen when the face turns towards the camera (as the eyes).
+    centre = 0.5 * (a[hp] + b[hp])
+    view = centre / max(float(np.linalg.norm(centre)), 1e-9)
+    r = float(shape.radii[hp, 0])
+    if -view @ R_head[:, 2] > 0.25:
+        mouth = np.stack([centre + R_head @ np.array([s * 0.3 * r, -0.5 * r, 0.86 * r])
+                          for s in (-1.0, 0.0, 1.0)])  # fmt: skip
+        paint(mouth, (hp,), np.array([60.0, 50.0, 120.0], np.float32), closed=False)
+    # Neckline: a V from the base of the neck down the chest's front surface.
+    spine = body_lib.PART_NAMES.index("spine")
+    chest, rb = b[spine], float(shape.radii[spine, 1])
+    fwd, left, up = R_torso[:, 2], R_torso[:, 0], R_torso[:, 1]
+    if -(chest / max(float(np.linalg.norm(chest)), 1e-9)) @ fwd > 0.1:
+        w, depth = 0.5 * rb, 1.6 * rb
+        v = np.stack(
+            [
+                chest + fwd * rb + left * w,
+                chest + fwd * rb * 0.95 - up * depth,
+                chest + fwd * rb - left * w,
+                chest + fwd * 0.6 * rb + up * 0.3 * rb,
+            ]
+        )
+        torso = tuple(body_lib.PART_NAMES.index(n) for n in (
+            "spine", "neck", "shoulder_left", "shoulder_right"))  # fmt: skip
+        paint(v, torso, skin, closed=True)
+
+
 # ----------------------------------------------------------------------------- occluders
 
 

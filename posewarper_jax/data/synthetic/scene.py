@@ -81,6 +81,7 @@ class Scene:
     roles: tuple[str, ...] = ()
     activities: tuple[str, ...] = ()
     camera_moves: tuple[str, ...] = ()
+    face_detail: bool = False
 
     @property
     def num_frames(self) -> int:
@@ -347,6 +348,7 @@ def sample_scene(rng: np.random.Generator, cfg: SyntheticConfig, num_frames: int
         roles=tuple(roles),
         activities=tuple(activities),
         camera_moves=tuple(moves),
+        face_detail=bool(cfg.face_detail),
     )  # fmt: skip
 
 
@@ -603,6 +605,10 @@ def _render_instant(scene: Scene, frame: int, labels: bool = True) -> FrameResul
             items.append(
                 (0.5 * (a[2] + b[2]), 0, (a, b, ra, rb, surf, render.person_part_id(p, k)))
             )
+        if scene.face_detail:
+            a, b, ra, rb, surf = render.nose_capsule(shape, pose, frame, camera)
+            pid = render.person_part_id(p, body_lib.HEAD_PART)
+            items.append((0.5 * (a[2] + b[2]), 0, (a, b, ra, rb, surf, pid)))
     for j, occ in enumerate(scene.occluders):
         depth = float(camera.to_camera(occ.corners(frame))[:, 2].mean())
         items.append((depth, 1, (occ, render.occluder_id(j))))
@@ -614,8 +620,10 @@ def _render_instant(scene: Scene, frame: int, labels: bool = True) -> FrameResul
         else:
             occ, pid = args
             render.draw_box(canvas, camera, occ, frame, pid, scene.light)
-    for shape, pose in zip(scene.shapes, scene.poses):
+    for p, (shape, pose) in enumerate(zip(scene.shapes, scene.poses)):
         render.draw_eyes(canvas, K, shape, pose, frame, camera)
+        if scene.face_detail:
+            render.draw_front_marks(canvas, K, shape, pose, frame, camera, p)
 
     if not labels:
         return SimpleNamespace(canvas=canvas)
