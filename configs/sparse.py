@@ -175,6 +175,9 @@ def get_config(arg=None):
 
     # ------------------------------------------------------------------ evaluation
     c.evaluate = True  # after training: propagation, detection, augmentation, report
+    # "" runs every phase; "pretrain", "stage1" or "stage2" stops the job after that phase
+    # (e.g. a long pre-training whose exported backbone other runs take as model.pretrained).
+    c.stop_after = ""
     c.eval = mlc.ConfigDict()
     c.eval.batch_size = 32
     c.eval.propagation_every_k = 7  # validation labels kept for propagation: every 7th frame

@@ -42,6 +42,7 @@ DATA_KINDS = ("synthetic", "posetrack18", "posetrack17")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SCHEDULES = ("step", "cosine")
 PRETRAIN_DATA = ("none", "synthetic", "coco")
+STOP_AFTER = ("", "pretrain", "stage1", "stage2")  # ``stop_after``: the training phases
 
 
 class ConfigError(ValueError, ExpectedError):
@@ -164,6 +165,7 @@ def settings(config: mlc.ConfigDict, *, check: bool = True) -> Settings:
         log_every=int(config.log_every),
         evaluate=bool(config.get("evaluate", True)),
         config_json=config.to_json_best_effort(indent=2),
+        stop_after=str(config.get("stop_after", "")),
     )
 
 
@@ -277,6 +279,12 @@ def validate(config: mlc.ConfigDict) -> None:
         _fail("keep_checkpoints", config.keep_checkpoints, "must be > 0")
     if config.log_every <= 0:
         _fail("log_every", config.log_every, "must be > 0")
+    stop = config.get("stop_after", "")
+    if stop not in STOP_AFTER:
+        _fail("stop_after", stop, f"must be one of {STOP_AFTER}")
+    if stop == "pretrain" and not (config.get("pretrain") and config.pretrain.data != "none"
+                                   and not config.model.get("pretrained", "")):  # fmt: skip
+        _fail("stop_after", stop, "the job does not pre-train (pretrain.data or model.pretrained)")
     check_batch_sizes(config)
 
 

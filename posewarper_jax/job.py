@@ -157,6 +157,9 @@ def _run_phases(settings: Settings, workdir: str) -> dict[str, Any]:
     for phase in PHASES:
         if phase.when(settings):
             outputs.update(phase.run(settings, workdir, outputs))
+        if phase.name == settings.stop_after:
+            _log(f"stop_after={phase.name}: the job stops here")
+            break
     outputs["writer"].close()
     summary = {
         "workdir": storage.abspath(workdir),

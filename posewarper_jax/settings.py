@@ -152,6 +152,7 @@ class Settings:
     log_every: int
     evaluate: bool
     config_json: str = dataclasses.field(default="{}", repr=False)
+    stop_after: str = ""  # "" or the training phase after which the job stops
 
     @property
     def pretraining(self) -> bool:

@@ -542,6 +542,37 @@ def test_pretraining_initialises_stage1_and_exports_the_backbone(data_root, tmp_
     assert _max_diff(s1b["params"]["backbone"], pre["params"]["backbone"]) < 1e-8
 
 
+def test_stop_after_ends_the_job_after_that_phase(data_root, tmp_path):
+    """``stop_after=pretrain``: the backbone is pre-trained and exported, nothing after it
+    runs; the same workdir run on without it resumes at stage 1. A phase name the job
+    does not have, or ``pretrain`` for a job that does not pre-train, fails at the start."""
+    c = tiny_config(data_root, max_steps=2)
+    c.pretrain.data = "synthetic"
+    c.pretrain.synthetic_preset = "tiny"
+    c.pretrain.root = str(tmp_path / "stills")
+    c.pretrain.max_steps = 2
+    c.stop_after = "pretrain"
+    workdir = str(tmp_path / "run")
+    summary = job.train_and_evaluate(c, workdir)
+    assert os.path.exists(os.path.join(workdir, "pretrain", "done.json"))
+    assert os.path.isdir(os.path.join(workdir, job.PRETRAINED_BACKBONE))
+    assert not os.path.exists(os.path.join(workdir, "stage1"))
+    assert set(summary["timing_s"]) >= {"data", "pretrain"} and "stage1" not in summary["timing_s"]
+
+    c.stop_after = "stage1"
+    job.train_and_evaluate(c, workdir)
+    records = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in records if r["stage"] == "pretrain"] == [1, 2]  # not redone
+    assert os.path.exists(os.path.join(workdir, "stage1", "done.json"))
+    assert not os.path.exists(os.path.join(workdir, "stage2"))
+
+    for value, why in (("stage3", "must be one of"), ("pretrain", "does not pre-train")):
+        bad = tiny_config(data_root)
+        bad.stop_after = value
+        with pytest.raises(experiment.ConfigError, match=why):
+            experiment.settings(bad)
+
+
 def test_synthetic_overrides_reach_the_generator(tmp_path):
     c = tiny_config(str(tmp_path / "unused"))
     c.data.synthetic_seed = 5
