@@ -139,6 +139,18 @@ def _shade(light: Light, nx: np.ndarray, ny: np.ndarray, nz: np.ndarray) -> np.n
     return light.ambient + (1.0 - light.ambient) * lam + light.specular * spec
 
 
+def _window(uv: np.ndarray, pad: int, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """The pixel window (x0, y0, x1, y1), inclusive, of points ``uv`` [N, 2] grown by ``pad``
+    and clipped to an image of ``shape`` (H, W); None when nothing of it is inside."""
+    H, W = shape
+    x0, y0 = np.maximum(np.floor(uv.min(0)).astype(int) - pad, 0)
+    x1 = min(int(np.ceil(uv[:, 0].max())) + pad, W - 1)
+    y1 = min(int(np.ceil(uv[:, 1].max())) + pad, H - 1)
+    if x0 > x1 or y0 > y1:
+        return None
+    return int(x0), int(y0), x1, y1
+
+
 # ----------------------------------------------------------------------------- capsules
 
 
@@ -373,7 +385,6 @@ def draw_front_marks(
     under the nose) and the shirt's neckline (a skin-coloured V on the front of the chest).
     Colour only, painted only over the pixels that show this person's head (mouth) or torso
     (neckline), so whatever stands in front keeps its colour; ids and depth are untouched."""
-    H, W = canvas.shape
     R_head = camera.R @ pose.head_frame[frame]
     R_torso = camera.R @ pose.torso_frame[frame]
     hp = body_lib.HEAD_PART
@@ -385,11 +396,10 @@ def draw_front_marks(
         if np.any(points[:, 2] < NEAR):
             return
         uv = project_camera(K, points)
-        x0, y0 = np.maximum(np.floor(uv.min(0)).astype(int) - 2, 0)
-        x1 = min(int(np.ceil(uv[:, 0].max())) + 2, W - 1)
-        y1 = min(int(np.ceil(uv[:, 1].max())) + 2, H - 1)
-        if x0 > x1 or y0 > y1:
+        window = _window(uv, 2, canvas.shape)
+        if window is None:
             return
+        x0, y0, x1, y1 = window
         mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.float32)
         pts = np.round((uv - [x0, y0]) * 16).astype(np.int32)
         if closed:
@@ -471,7 +481,6 @@ def draw_box(
     if np.any(corners[:, 2] < NEAR):
         return
     K = camera.K
-    H, W = canvas.shape
     uv = project_camera(K, corners)
     box_centre = corners.mean(0)
     for face in _BOX_FACES:
@@ -483,11 +492,10 @@ def draw_box(
         if n @ p[0] >= 0:  # faces away from the camera
             continue
         poly = uv[list(face)]
-        x0, y0 = np.maximum(np.floor(poly.min(0)).astype(int) - 1, 0)
-        x1 = min(int(np.ceil(poly[:, 0].max())) + 1, W - 1)
-        y1 = min(int(np.ceil(poly[:, 1].max())) + 1, H - 1)
-        if x0 > x1 or y0 > y1:
+        window = _window(poly, 1, canvas.shape)
+        if window is None:
             continue
+        x0, y0, x1, y1 = window
         cover = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
         pts = np.round((poly - [x0, y0]) * 16).astype(np.int32)
         cv2.fillPoly(cover, [pts], 255, cv2.LINE_AA, shift=4)
@@ -679,13 +687,10 @@ def draw_shadow(
     blur = max(1.0, 0.25 * float(np.ptp(uv[:, 1])))
     # Only the window the blurred ellipse can reach (the blur's kernel spans 4 sigma): the
     # same values as blurring a mask of the whole frame, at a fraction of the work.
-    H, W = canvas.shape
-    pad = int(np.ceil(4 * blur)) + 3
-    x0, y0 = np.maximum(np.floor(uv.min(0)).astype(int) - pad, 0)
-    x1 = min(int(np.ceil(uv[:, 0].max())) + pad, W - 1)
-    y1 = min(int(np.ceil(uv[:, 1].max())) + pad, H - 1)
-    if x0 > x1 or y0 > y1:
+    window = _window(uv, int(np.ceil(4 * blur)) + 3, canvas.shape)
+    if window is None:
         return
+    x0, y0, x1, y1 = window
     mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.float32)
     pts = np.round(uv * 16).astype(np.int32) - np.array([x0, y0], np.int32) * 16
     cv2.fillPoly(mask, [pts], 1.0, cv2.LINE_AA, shift=4)
