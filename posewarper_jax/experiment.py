@@ -282,8 +282,7 @@ def validate(config: mlc.ConfigDict) -> None:
     stop = config.get("stop_after", "")
     if stop not in STOP_AFTER:
         _fail("stop_after", stop, f"must be one of {STOP_AFTER}")
-    if stop == "pretrain" and not (config.get("pretrain") and config.pretrain.data != "none"
-                                   and not config.model.get("pretrained", "")):  # fmt: skip
+    if stop == "pretrain" and not pretraining(config):
         _fail("stop_after", stop, "the job does not pre-train (pretrain.data or model.pretrained)")
     check_batch_sizes(config)
 

@@ -470,9 +470,7 @@ def data_phase(settings: Settings, workdir: str, out: Outputs) -> Outputs:
     if jax.process_index() == 0:
         experiment.ensure_data(settings)
         fileio.atomic_write(storage.join(workdir, "config.json"), settings.config_json)
-        from posewarper_jax.apps import trained
-
-        trained.write_launch(workdir)
+        workdir_lib.write_launch(workdir)
     _sync("data")
     train, held_back = training_data(settings)
     if jax.process_index() == 0:

@@ -17,6 +17,10 @@ first runs, but two jobs started within the same second or two may both take it.
 written from another host counts as held, as on a disk: a job rescheduled onto other hosts
 (a pod or SLURM allocation recreated after a failure) stops naming the old one; delete the
 object (``gcloud storage rm gs://bucket/run/job.lock``) if that job is gone.
+
+``WORKDIR/launch.json`` records the directory the job ran in (``write_launch``), so that the
+commands reading a finished workdir find its relative data paths from anywhere
+(``launch_dir``, used by ``apps.trained.read_config``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,24 @@ from posewarper_jax import storage
 from posewarper_jax.cli import ExpectedError
 
 LOCK_NAME = "job.lock"
+LAUNCH_NAME = "launch.json"
+
+
+def write_launch(workdir: str) -> None:
+    """Records in ``workdir/launch.json`` the directory this process runs in."""
+    from posewarper_jax import fileio
+
+    fileio.atomic_write(storage.join(workdir, LAUNCH_NAME), json.dumps({"cwd": os.getcwd()}))
+
+
+def launch_dir(workdir: str) -> str:
+    """The directory ``write_launch`` recorded; "" without a (readable) record."""
+    path = storage.join(workdir, LAUNCH_NAME)
+    try:
+        cwd = json.loads(storage.read_text(path))["cwd"] if storage.isfile(path) else ""
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        return ""
+    return cwd if isinstance(cwd, str) else ""
 
 
 class WorkdirBusyError(ExpectedError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from posewarper_jax import workdir as workdir_lib
 from posewarper_jax.apps import trained
 
 
@@ -27,7 +28,7 @@ def test_relative_paths_resolve_against_the_jobs_directory(tmp_path, monkeypatch
     elsewhere.mkdir()
     wd = _workdir(tmp_path)
     monkeypatch.chdir(launch)
-    trained.write_launch(str(wd))
+    workdir_lib.write_launch(str(wd))
     assert json.loads((wd / "launch.json").read_text()) == {"cwd": str(launch)}
 
     # From the job's own directory nothing changes.

@@ -70,29 +70,16 @@ PATH_FIELDS = (
     ("data", "root"), ("data", "val_detections"), ("pretrain", "root"), ("pretrain", "ann"),
     ("model", "pretrained"),
 )  # fmt: skip
-LAUNCH_FILE = "launch.json"
-
-
-def write_launch(workdir: str) -> None:
-    """Records in ``workdir/launch.json`` the directory the job runs in, against which
-    ``read_config`` resolves the config's relative paths (``PATH_FIELDS``) when they are not
-    found from the reader's own directory."""
-    from posewarper_jax import fileio, storage
-
-    fileio.atomic_write(storage.join(workdir, LAUNCH_FILE), json.dumps({"cwd": os.getcwd()}))
 
 
 def _resolve_paths(config: mlc.ConfigDict, workdir: str) -> None:
     """Relative ``PATH_FIELDS`` that do not exist from here but do from the job's directory
-    become absolute paths there (the data set of a run read from another directory)."""
-    from posewarper_jax import storage
+    (``workdir.launch_dir``) become absolute paths there (the data set of a run read from
+    another directory)."""
+    from posewarper_jax import workdir as workdir_lib
 
-    path = storage.join(workdir, LAUNCH_FILE)
-    try:
-        cwd = json.loads(storage.read_text(path))["cwd"] if storage.isfile(path) else ""
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        cwd = ""
-    if not isinstance(cwd, str) or not cwd:
+    cwd = workdir_lib.launch_dir(workdir)
+    if not cwd:
         return
     for group, field in PATH_FIELDS:
         value = config.get(group, {}).get(field, "")
@@ -105,7 +92,7 @@ def _resolve_paths(config: mlc.ConfigDict, workdir: str) -> None:
 
 def read_config(workdir: str) -> mlc.ConfigDict:
     """``workdir/config.json`` as a ``ConfigDict``, its relative data paths resolved against
-    the job's directory where they are not found from here (``write_launch``)."""
+    the job's directory where they are not found from here (``workdir.write_launch``)."""
     from posewarper_jax import storage
 
     if not storage.isdir(workdir):

@@ -48,9 +48,9 @@ class SyntheticConfig:
       face_detail: draw what tells a person's front from their back besides the eyes: a
         nose that juts out of the face (seen in profile), a mouth and the shirt's V-neckline
         on the chest. False (generator versions up to 4): the eyes and where the hair is are
-        the only cues, and a small single-frame HRNet does not learn left from right on them
-        (README, "left/right"). Colours change, and the nose's pixels (a joint it hides
-        turns unseen).
+        the only cues. With these cues too, a small HRNet still does not tell left from
+        right within 1000 pre-training steps (README, "Results"). Colours change, and the
+        nose's pixels (a joint it hides turns unseen).
       noise_std: range of the per-video sensor noise (std, in 0..255 grey levels).
       jpeg_quality: quality of the written JPEG frames.
 
