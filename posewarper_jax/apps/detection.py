@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from jax.sharding import Mesh
 
 from posewarper_jax.apps.inference import (
+    DEFAULT_KEYS,
     HeatmapFn,
     aggregation_fn,
     predict,
@@ -79,10 +80,12 @@ def crop_rows(
     flip_test: bool = False,
     mesh: Mesh | None = None,
     decoding: str = "quarter",
+    keys: Sequence[str] = DEFAULT_KEYS,
 ) -> list[dict]:
     """``inference.predict``'s rows of ``fn`` on the windows ``window`` of every box of
     ``dataset``'s ``frames`` (``pipeline.eval_dataset``: no augmentation, frames past the
-    video's ends blanked); ``fn`` defaults to the single-frame HRNet on the window's frame 0.
+    video's ends blanked); ``fn`` defaults to the single-frame HRNet on the window's frame 0;
+    ``keys``: the batch fields ``fn`` reads.
     """
     cfg = _eval_config(pipe_cfg, window)
     batches = pipeline_lib.eval_dataset(dataset, cfg, boxes=boxes, frames=frames, offsets=window)
@@ -97,6 +100,7 @@ def crop_rows(
         flip_test=flip_test,
         decoding=decoding,
         sigma=cfg.sigma,
+        keys=keys,
     )
 
 

@@ -34,20 +34,38 @@ hides). The head size is poseval's (0.6 × the head box's diagonal).
 A model that tells left from right by the way the person faces gets most pairs ``correct`` in
 every bin. One that cannot tell front from back swaps the pairs of the people it sees one way
 (or, unsure, puts both joints of a pair on the stronger one: ``collapsed``).
+
+What the sides cost (``assign_pairs_by_truth``, the validation set only): the same HRNet is
+scored again (poseval mAP) with each labeled pair's two joints taken from the two strongest
+peaks of the pair's summed map, which peak is which side decided by the ground truth. No
+model can use that; it is the most a perfect side decision could add to this HRNet's
+heatmaps, and what stays below the heatmap ceiling is localisation (a joint not found, or
+found off its place), not the sides.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from posewarper_jax.data.types import FLIP_PAIRS, JOINT_NAMES, Person, VideoDataset
 from posewarper_jax.eval.posetrack_map import _head_size
 
-__all__ = ["FACINGS", "OUTCOMES", "facing", "side_swaps", "render_sides"]
+__all__ = [
+    "FACINGS",
+    "OUTCOMES",
+    "assign_pairs_by_truth",
+    "facing",
+    "render_sides",
+    "render_side_cost",
+    "side_swaps",
+    "truth_assigned_fn",
+]
 
 FACINGS = ("front", "side", "back", "unknown")
 OUTCOMES = ("correct", "swapped", "collapsed")
@@ -165,6 +183,91 @@ def side_swaps(
     return {"pairs": pairs, "all": total, "people": people, "min_separation": min_separation}
 
 
+def assign_pairs_by_truth(
+    heatmaps: jnp.ndarray,
+    joints: jnp.ndarray,
+    pairs: Sequence[tuple[int, int]] = FLIP_PAIRS,
+    radius: int = 2,
+) -> jnp.ndarray:
+    """Heatmaps whose left/right pairs take their sides from the ground truth (a diagnostic).
+
+    For each pair ``(l, r)`` whose two joints are labeled (``joints[..., 2] > 0``): the mean
+    ``s`` of the two channels, its maximum ``p1``, and the maximum ``p2`` of ``s`` outside the
+    ``(2 radius + 1)²`` window around ``p1``. Channel ``l`` becomes ``s`` inside the window of
+    the peak that, with the other peak on ``r``, lies nearer the ground truth (smaller
+    ``|p_l - g_l| + |p_r - g_r|``), zero elsewhere; channel ``r`` the other window (``p2``'s
+    window without ``p1``'s). Other pairs and the unpaired channels are returned unchanged.
+    Any decoding then finds each joint at its assigned peak.
+
+    Args:
+      heatmaps: ``[B, h, w, J]``.
+      joints: ``[B, J, 3]`` ground truth (x, y, labeled) in heatmap pixels.
+      pairs: the left/right channel pairs.
+      radius: the window's half-width in heatmap pixels.
+
+    Returns:
+      ``[B, h, w, J]``, the dtype of ``heatmaps``.
+    """
+    hm = jnp.asarray(heatmaps)
+    joints = jnp.asarray(joints, jnp.float32)
+    b, h, w, _ = hm.shape
+    ys = jnp.arange(h)[None, :, None]
+    xs = jnp.arange(w)[None, None, :]
+
+    def peak(m):  # [B, h, w] -> [B, 2] (x, y), the first maximum in row-major order
+        i = jnp.argmax(m.reshape(b, -1), axis=1)
+        return jnp.stack([i % w, i // w], axis=-1).astype(jnp.float32)
+
+    def window(p):  # [B, h, w] bool
+        near_x = jnp.abs(xs - p[:, 0, None, None]) <= radius
+        return near_x & (jnp.abs(ys - p[:, 1, None, None]) <= radius)
+
+    def dist(a, g):
+        return jnp.linalg.norm(a - g, axis=-1)
+
+    out = hm
+    for left, right in pairs:
+        s = 0.5 * (hm[..., left] + hm[..., right])
+        p1 = peak(s)
+        w1 = window(p1)
+        p2 = peak(jnp.where(w1, -jnp.inf, s))
+        w2 = window(p2) & ~w1
+        gl, gr = joints[:, left, :2], joints[:, right, :2]
+        straight = (dist(p1, gl) + dist(p2, gr) <= dist(p1, gr) + dist(p2, gl))[:, None, None]
+        labeled = ((joints[:, left, 2] > 0) & (joints[:, right, 2] > 0))[:, None, None]
+        zero = jnp.zeros_like(s)
+        new_l = jnp.where(jnp.where(straight, w1, w2), s, zero)
+        new_r = jnp.where(jnp.where(straight, w2, w1), s, zero)
+        out = out.at[..., left].set(jnp.where(labeled, new_l, hm[..., left]))
+        out = out.at[..., right].set(jnp.where(labeled, new_r, hm[..., right]))
+    return out
+
+
+@functools.cache
+def truth_assigned_fn(model, flip_test: bool, decoding: str):
+    """``inference.HeatmapFn`` of the single-frame HRNet (with the flip test, as the report
+    runs it) followed by ``assign_pairs_by_truth`` with the batch's ``joints``. Run it through
+    ``inference.predict`` with ``flip_test=False`` (it flips itself, before the assignment)
+    and ``"joints"`` among the keys. The same object for equal arguments (one compilation)."""
+    from posewarper_jax.apps import inference
+    from posewarper_jax.ops.heatmaps import average_flip
+
+    base = inference.single_frame_fn(model)
+
+    def fn(variables, batch):
+        hm = base(variables, batch)
+        image_w = batch["image"].shape[3]
+        if flip_test:
+            shift = inference.flip_shift(decoding, image_w, hm.shape[2])
+            flipped = base(variables, inference.flip_batch(batch, FLIP_PAIRS, shift))
+            hm = average_flip(hm, flipped, FLIP_PAIRS, shift=shift)
+        joints = jnp.asarray(batch["joints"], jnp.float32)
+        scale = jnp.asarray([hm.shape[2] / image_w, hm.shape[1] / batch["image"].shape[2], 1.0])
+        return assign_pairs_by_truth(hm, joints * scale)
+
+    return fn
+
+
 def render_sides(title: str, result: dict[str, Any]) -> str:
     """A markdown table of ``side_swaps``' result: per pair and facing, % of the pairs
     swapped / collapsed (pairs counted)."""
@@ -183,11 +286,26 @@ def render_sides(title: str, result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_side_cost(title: str, cost: dict[str, dict[str, float]]) -> str:
+    """A markdown table of poseval mAP as decoded and with the sides from the ground truth
+    (``cost``: ``{"decoded": columns, "sides_by_truth": columns}``, ``posetrack_map``'s)."""
+    columns = list(cost["decoded"])
+    lines = [f"#### {title}", "", "| decoding | " + " | ".join(columns) + " |"]
+    lines.append("|---" + "|---:" * len(columns) + "|")
+    for key, label in (("decoded", "as the report decodes"), ("sides_by_truth", _BY_TRUTH)):
+        lines.append(f"| {label} | " + " | ".join(f"{cost[key][c]:.1f}" for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_BY_TRUTH = "each pair's two peaks, sides from the ground truth"
+
+
 def _main(argv):  # pragma: no cover - exercised through the CLI
     from absl import app, flags, logging
 
     from posewarper_jax import cli, experiment, fileio, job, training
-    from posewarper_jax.apps import detection, trained
+    from posewarper_jax.apps import detection, inference, trained
+    from posewarper_jax.eval.posetrack_map import posetrack_map
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -220,6 +338,19 @@ def _main(argv):  # pragma: no cover - exercised through the CLI
             out["stages"][stage][what] = result
             title = f"{stage}, {what}: % of left/right pairs swapped / collapsed"
             print(render_sides(title, result))
+            if not what.startswith("validation"):
+                continue
+            rows = detection.crop_rows(
+                run.model, run.variables, data, pipe_cfg, mesh=mesh, decoding=s.eval.decoding,
+                fn=truth_assigned_fn(run.model, s.eval.flip_test, s.eval.decoding),
+                keys=(*inference.DEFAULT_KEYS, "joints"),
+            )  # fmt: skip
+            cost = {
+                "decoded": posetrack_map(data, pred),
+                "sides_by_truth": posetrack_map(data, inference.to_predictions(rows, data)),
+            }
+            out["stages"][stage][f"{what}: poseval mAP"] = cost
+            print(render_side_cost(f"{stage}, {what}: poseval mAP (%)", cost))
     path = os.path.join(workdir, "sides.json")
     fileio.write_json(path, out)
     print(f"written: {path}")
