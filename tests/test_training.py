@@ -507,6 +507,7 @@ def test_pretraining_initialises_stage1_and_exports_the_backbone(data_root, tmp_
     c.pretrain.root = str(tmp_path / "stills")
     c.pretrain.max_steps = 3
     c.pretrain.lr = 3e-3
+    c.stop_after = "stage1"  # what is checked ends there
     workdir = str(tmp_path / "run")
     job.train_and_evaluate(c, workdir)
 
@@ -534,6 +535,7 @@ def test_pretraining_initialises_stage1_and_exports_the_backbone(data_root, tmp_
     c2.pretrain.data = "synthetic"
     c2.pretrain.root = str(tmp_path / "never_made")
     c2.model.pretrained = os.path.join(workdir, job.PRETRAINED_BACKBONE)
+    c2.stop_after = "stage1"
     workdir2 = str(tmp_path / "run2")
     job.train_and_evaluate(c2, workdir2)
     assert not os.path.exists(os.path.join(workdir2, "pretrain"))
