@@ -29,6 +29,9 @@ Variants (``configs/sparse.py:key=value,...``):
   smoke           with any of the above: the tiny data set and 4 steps of every stage, at the
                   variant's model and resolution (checks that a configuration runs end to end).
   backbone=NAME   HRNet variant: tiny, small, w32, w48.
+  packaged        HRNet ``small`` starts from the backbone shipped in posewarper_jax/weights
+                  (pre-trained on the stills for longer than the job does: its .json says how)
+                  instead of pre-training in the job.
   V=INT, N=INT    V labeled videos x N labeled frames per video (instead of every 7th frame).
 
 Single fields: ``--config.stage2.lr=3e-4``, ``--config.model.dilations='(3, 6)'``, ...
@@ -49,7 +52,7 @@ PAPER_DILATIONS = (3, 6, 12, 18, 24)
 # ``backbone`` default to the variant's own; V and N are None unless given.
 ARGS = dict(
     runlocal=False, scratch=False, data="synthetic", root="", paper=False, gpu=False,
-    smoke=False, backbone="", V=int, N=int,
+    smoke=False, backbone="", packaged=False, V=int, N=int,
 )  # fmt: skip
 KNOWN_ARGS = tuple(ARGS)
 
@@ -235,6 +238,15 @@ def get_config(arg=None):
         c.model.head_channels = 16
         c.model.head_blocks = 2
         c.model.dilations = (3, 6)
+    if args.packaged:
+        if c.model.backbone != "small" or args.scratch:
+            what = "scratch" if args.scratch else f"HRNet {c.model.backbone!r}"
+            raise ValueError(
+                f"configs/sparse.py: packaged holds HRNet 'small' weights, not for {what}"
+            )
+        from posewarper_jax import weights
+
+        c.model.pretrained = weights.path("hrnet_small_stills")
     # What stage 2 compares the warped B with: ground_truth (A's labels, the paper) or backbone
     # (the frozen backbone's heatmaps of A: self-supervised, the head learns motion only).
     c.stage2.target = "ground_truth"
