@@ -16,6 +16,7 @@ none) and a ``PATH.tmp`` that the next write replaces. A failure of the store ra
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -85,3 +86,12 @@ def write_json(
     is written), and a final ``"\\n"`` with ``newline``."""
     text = json.dumps(data, indent=indent, allow_nan=allow_nan)
     atomic_write(path, text + "\n" if newline else text, what=what)
+
+
+def sha256_file(path: str) -> str:
+    """The SHA-256 hex digest of the local file ``path``, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -8,7 +8,6 @@ rebuilds the module configurations.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -89,11 +88,9 @@ def conversion_metadata(
         "num_batch_stats": size_stats,
     }
     if source is not None and os.path.isfile(source):
-        digest = hashlib.sha256()
-        with open(source, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        meta["source_sha256"] = digest.hexdigest()
+        from posewarper_jax import fileio
+
+        meta["source_sha256"] = fileio.sha256_file(source)
     return meta
 
 

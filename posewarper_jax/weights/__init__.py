@@ -10,7 +10,6 @@ remakes it), its files' SHA-256 and what it scored on the default's ``dev`` vide
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
@@ -41,11 +40,12 @@ def provenance(name: str) -> dict:
 
 def file_digests(directory: str) -> dict[str, str]:
     """SHA-256 of every file under ``directory``, keyed by its path relative to it ('/')."""
+    from posewarper_jax import fileio
+
     out = {}
     for root, _, files in os.walk(directory):
         for fname in files:
             full = os.path.join(root, fname)
             rel = os.path.relpath(full, directory).replace(os.sep, "/")
-            with open(full, "rb") as f:
-                out[rel] = hashlib.sha256(f.read()).hexdigest()
+            out[rel] = fileio.sha256_file(full)
     return dict(sorted(out.items()))
