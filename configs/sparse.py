@@ -52,7 +52,7 @@ PAPER_DILATIONS = (3, 6, 12, 18, 24)
 # ``backbone`` default to the variant's own; V and N are None unless given.
 ARGS = dict(
     runlocal=False, scratch=False, data="synthetic", root="", paper=False, gpu=False,
-    smoke=False, backbone="", packaged=False, V=int, N=int,
+    smoke=False, backbone="", packaged=True, V=int, N=int,
 )  # fmt: skip
 KNOWN_ARGS = tuple(ARGS)
 
@@ -239,14 +239,18 @@ def get_config(arg=None):
         c.model.head_blocks = 2
         c.model.dilations = (3, 6)
     if args.packaged:
-        if c.model.backbone != "small" or args.scratch:
+        # On by default where it fits (HRNet small, not scratch); asked for by name where it
+        # does not, an error.
+        asked = any(item.key == "packaged" for item in config_args.split_items(arg))
+        if c.model.backbone == "small" and not args.scratch:
+            from posewarper_jax import weights
+
+            c.model.pretrained = weights.path("hrnet_small_stills")
+        elif asked:
             what = "scratch" if args.scratch else f"HRNet {c.model.backbone!r}"
             raise ValueError(
                 f"configs/sparse.py: packaged holds HRNet 'small' weights, not for {what}"
             )
-        from posewarper_jax import weights
-
-        c.model.pretrained = weights.path("hrnet_small_stills")
     # What stage 2 compares the warped B with: ground_truth (A's labels, the paper) or backbone
     # (the frozen backbone's heatmaps of A: self-supervised, the head learns motion only).
     c.stage2.target = "ground_truth"

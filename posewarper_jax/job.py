@@ -25,6 +25,7 @@ its result on disk (checkpoints and ``<stage>/done.json``, prediction files and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -639,14 +640,15 @@ def detection_phase(settings: Settings, workdir: str, out: Outputs) -> Outputs:
         "detection", "hrnet", val,
         lambda: detection.detect_single_frame(model, stage1, val, eval_cfg, **detect),
     )  # fmt: skip
-    scores.record(
-        "detection", "posewarper_aggregation", val,
-        lambda: detection.detect_aggregated(model, stage2, val, eval_cfg, **detect),
-    )  # fmt: skip
+    # The symmetric and the causal window from one pass (the causal one's frames are the
+    # symmetric one's first three); a resumed run that finished one computes both again.
+    both = functools.cache(
+        lambda: detection.detect_aggregated_and_causal(model, stage2, val, eval_cfg, **detect)
+    )
+    scores.record("detection", "posewarper_aggregation", val, lambda: both()[0])
     causal, _, _ = scores.score(
-        "detection", "posewarper_aggregation_causal", val,
-        lambda: detection.detect_aggregated(model, stage2, val, eval_cfg, causal=True, **detect),
-    )  # fmt: skip
+        "detection", "posewarper_aggregation_causal", val, lambda: both()[1]
+    )
     return {"detect": detect, "extra_detection": {"posewarper_aggregation_causal": causal}}
 
 

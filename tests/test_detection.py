@@ -139,6 +139,45 @@ def test_aggregation_at_init_equals_weighted_backbone_heatmaps(setup, causal, wi
     _compare(pred, ref)
 
 
+@pytest.mark.parametrize("flip_test", [False, True])
+def test_symmetric_and_causal_from_one_pass_equal_the_two_calls(setup, flip_test):
+    """``detect_aggregated_and_causal`` against ``detect_aggregated`` called twice, with a
+    warping head moved off the identity (so each frame's warp differs); tolerance 1e-3 px
+    and 1e-5 on the joint scores (the programs differ in batch size and summation)."""
+    s = setup
+    variables = copy.deepcopy(s["variables"])
+    leaves, tree = jax.tree.flatten(variables["params"]["head"])
+    rng = np.random.default_rng(1)
+    moved = [x + 0.05 * rng.standard_normal(x.shape).astype(x.dtype) for x in leaves]
+    variables["params"]["head"] = jax.tree.unflatten(tree, moved)
+    args = (s["model"], variables, s["val"], _cfg(s["size"]))
+    symmetric, causal = detection.detect_aggregated_and_causal(*args, flip_test=flip_test)
+    expected = (
+        detection.detect_aggregated(*args, flip_test=flip_test),
+        detection.detect_aggregated(*args, flip_test=flip_test, causal=True),
+    )
+    identity = detection.detect_aggregated(s["model"], s["variables"], s["val"], _cfg(s["size"]))
+    for got, want in zip((symmetric, causal), expected):
+        n = 0
+        for v_got, v_want in zip(got.videos, want.videos):
+            for f_got, f_want in zip(v_got.frames, v_want.frames):
+                assert len(f_got.people) == len(f_want.people)
+                for p_got, p_want in zip(f_got.people, f_want.people):
+                    np.testing.assert_allclose(p_got.keypoints, p_want.keypoints, atol=1e-3)
+                    np.testing.assert_allclose(
+                        p_got.keypoint_scores, p_want.keypoint_scores, rtol=1e-5, atol=1e-6
+                    )
+                    n += 1
+        assert n == 8
+    # The moved head changes the predictions, and the two windows differ.
+    assert not np.allclose(_stack(symmetric), _stack(identity), atol=1e-2)
+    assert not np.allclose(_stack(symmetric), _stack(causal), atol=1e-2)
+
+
+def _stack(pred):
+    return np.stack([p.keypoints for v in pred.videos for f in v.frames for p in f.people])
+
+
 def _corrupt_after(dataset, root, t_last, mode):
     """A copy of ``dataset`` whose frames after ``t_last`` are noise images ("noise") or
     missing files ("missing")."""

@@ -18,7 +18,7 @@ import optax
 import pytest
 from report_golden import check_report
 
-from posewarper_jax import experiment, job, training
+from posewarper_jax import experiment, job, training, weights
 from posewarper_jax.data import pipeline as pipeline_lib
 from posewarper_jax.data import synthetic
 
@@ -468,14 +468,21 @@ def test_bad_pretrain_config_names_the_field(tmp_path, field, value):
 def test_variants_choose_where_hrnet_starts(tmp_path):
     module = _config_module()
     default = module.get_config()
-    assert default.pretrain.data == "synthetic" and experiment.pretraining(default)
+    # The default starts from the shipped backbone; packaged=false pre-trains in the job.
+    assert default.model.pretrained == weights.path("hrnet_small_stills")
+    assert not experiment.pretraining(default)
     assert default.stage1.lr == 1e-4  # stage 1 fine-tunes the pre-trained HRNet
+    pretrain = module.get_config("packaged=false")
+    assert pretrain.pretrain.data == "synthetic" and experiment.pretraining(pretrain)
+    assert not pretrain.model.pretrained
+    for arg in ("runlocal", "backbone=w32", "paper", "gpu"):  # it fits HRNet small only
+        assert not module.get_config(arg).model.pretrained, arg
     scratch = module.get_config("scratch")
     assert scratch.pretrain.data == "none" and not experiment.pretraining(scratch)
     assert scratch.stage1.epochs == 50 and scratch.stage1.lr == 1e-3
     real = module.get_config(f"data=posetrack18,root={tmp_path}")
     assert real.pretrain.data == "none"  # real data: converted COCO weights or pretrain.data
-    assert experiment.pretrain_root(default) == "data/synthetic_stills"
+    assert experiment.pretrain_root(pretrain) == "data/synthetic_stills"
     # The smoke test keeps its tiny data sets apart from the default's.
     smoke = module.get_config("runlocal")
     assert experiment.pretrain_root(smoke) == "data/synthetic_tiny_stills"

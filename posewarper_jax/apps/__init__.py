@@ -27,10 +27,12 @@ from posewarper_jax.apps.detection import (
     WINDOW,
     WINDOW_WEIGHTS,
     detect_aggregated,
+    detect_aggregated_and_causal,
     detect_single_frame,
 )
 from posewarper_jax.apps.inference import (
     aggregation_fn,
+    aggregations_fn,
     flip_batch,
     iter_predict,
     predict,
@@ -64,7 +66,9 @@ __all__ = [
     "WINDOW",
     "WINDOW_WEIGHTS",
     "aggregation_fn",
+    "aggregations_fn",
     "detect_aggregated",
+    "detect_aggregated_and_causal",
     "detect_single_frame",
     "flip_batch",
     "iter_predict",

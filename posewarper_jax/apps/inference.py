@@ -14,7 +14,9 @@ A heatmap function receives the device batch: a dict of ``jax.Array`` with at le
 ``image`` uint8 ``[B, T, H, W, 3]``, ``frame_valid`` bool ``[B, T]``, ``center``/``scale``
 float32 ``[B, 2]``, plus the fields named in ``predict(keys=...)`` (e.g. ``target`` float32
 ``[B, h, w, J]`` for propagation). It returns float heatmaps ``[B, h, w, J]`` (NHWC) on the
-crop's heatmap grid. Ready-made ones: ``single_frame_fn`` and ``aggregation_fn``.
+crop's heatmap grid. Ready-made ones: ``single_frame_fn`` and ``aggregation_fn``. A function
+may instead return a dict of such maps (``aggregations_fn``: several weightings of one window
+from one pass); each is decoded, the rows hold dicts, and ``select_rows`` picks one.
 
 Flip test (``flip_test=True``): ``fn`` also runs on the batch mirrored by ``flip_batch``
 and the two outputs are averaged with ``ops.heatmaps.average_flip`` (HRNet's convention:
@@ -47,10 +49,12 @@ __all__ = [
     "DEFAULT_KEYS",
     "HeatmapFn",
     "aggregation_fn",
+    "aggregations_fn",
     "flip_batch",
     "flip_shift",
     "iter_predict",
     "predict",
+    "select_rows",
     "single_frame_fn",
     "to_predictions",
 ]
@@ -125,6 +129,44 @@ def aggregation_fn(
     return fn
 
 
+@functools.cache
+def aggregations_fn(
+    model, weight_sets: tuple[tuple[str, tuple[float, ...]], ...], center: int | None = None
+) -> HeatmapFn:
+    """Several aggregations of one window from one pass (``method="warp_window"``): every
+    frame is warped onto frame ``center`` once, and each named weighting sums the warped
+    maps as ``aggregation_fn`` would (renormalised over ``batch["frame_valid"]``). A causal
+    window is the symmetric one with zero weight on the frames after ``center``.
+
+    Args:
+      model: a ``PoseWarper``.
+      weight_sets: ``((name, (w_0, ..., w_{T-1})), ...)``, each non-negative in window order.
+      center: index of the frame being predicted in the window (None: ``T // 2``).
+
+    Returns:
+      ``fn(variables, batch) -> {name: float32 [B, h, w, J]}``; ``predict`` decodes each
+      (``select_rows``); the same object for equal arguments.
+    """
+    from posewarper_jax.models.posewarper import window_weights
+
+    sets = tuple((str(n), tuple(float(x) for x in w)) for n, w in weight_sets)
+    if not sets or len({n for n, _ in sets}) != len(sets):
+        raise ValueError(f"aggregations_fn: weight_sets need distinct names, got {sets}")
+
+    def fn(variables, batch):
+        image = batch["image"]
+        b, t = image.shape[:2]
+        warped = model.apply(variables, image, center, False, method="warp_window")
+        warped = warped.astype(jnp.float32)
+        out = {}
+        for name, w in sets:
+            w = window_weights(w, batch["frame_valid"], b, t)
+            out[name] = jnp.sum(w[:, :, None, None, None] * warped, axis=1)
+        return out
+
+    return fn
+
+
 # ----------------------------------------------------------------------------- flip
 
 
@@ -184,20 +226,31 @@ def _compiled_step(
     program.
     """
 
-    def step(variables, batch):
-        hm = fn(variables, batch)
+    def decode(hm, flipped, batch):
         b = batch["image"].shape[0]
         if hm.ndim != 4 or hm.shape[0] != b:
             raise ValueError(
                 f"the heatmap function must return [B={b}, h, w, J], got shape {hm.shape}"
             )
-        if flip_pairs is not None:
+        if flipped is not None:
             shift = flip_shift(decoding, batch["image"].shape[3], hm.shape[2])
-            flipped = fn(variables, flip_batch(batch, flip_pairs, shift))
             hm = average_flip(hm, flipped, flip_pairs, shift=shift)
         coords, maxvals = decode_heatmaps(hm.astype(jnp.float32), method=decoding, sigma=sigma)
         xy = heatmap_to_image_coords(coords, batch["center"], batch["scale"], hm.shape[1:3])
         return xy.astype(jnp.float32), maxvals.astype(jnp.float32)
+
+    def step(variables, batch):
+        hm = fn(variables, batch)
+        flipped = None
+        if flip_pairs is not None:
+            # The mirrored batch's maps have the width of the unflipped ones.
+            width = next(iter(hm.values())) if isinstance(hm, Mapping) else hm
+            shift = flip_shift(decoding, batch["image"].shape[3], width.shape[2])
+            flipped = fn(variables, flip_batch(batch, flip_pairs, shift))
+        if isinstance(hm, Mapping):
+            decoded = {k: decode(hm[k], None if flipped is None else flipped[k], batch) for k in hm}
+            return {k: v[0] for k, v in decoded.items()}, {k: v[1] for k, v in decoded.items()}
+        return decode(hm, flipped, batch)
 
     return jax.jit(step, out_shardings=(sharding, sharding))
 
@@ -214,17 +267,38 @@ def _local_rows(arrays: tuple[jax.Array, ...]) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def _rows(local: Mapping[str, np.ndarray], xy: np.ndarray, maxvals: np.ndarray) -> list[dict]:
+def _local_outputs(outputs):
+    """``_local_rows`` of a step's outputs ``(xy, maxvals)``, each an array or a dict."""
+    leaves, tree = jax.tree_util.tree_flatten(outputs)
+    return jax.tree_util.tree_unflatten(tree, _local_rows(tuple(leaves)))
+
+
+def _rows(local: Mapping[str, np.ndarray], xy, maxvals) -> list[dict]:
     mask = np.asarray(local["mask"], bool)
     rows = []
     for r in np.flatnonzero(mask):
         row = {k: np.asarray(local[k][r]).item() for k in _ROW_FIELDS if k in local}
         row["center"] = np.asarray(local["center"][r], np.float32)
         row["scale"] = np.asarray(local["scale"][r], np.float32)
-        row["keypoints"] = xy[r]
-        row["maxvals"] = maxvals[r]
+        if isinstance(xy, Mapping):
+            row["keypoints"] = {k: v[r] for k, v in xy.items()}
+            row["maxvals"] = {k: v[r] for k, v in maxvals.items()}
+        else:
+            row["keypoints"] = xy[r]
+            row["maxvals"] = maxvals[r]
         rows.append(row)
     return rows
+
+
+def select_rows(rows: Iterable[Mapping[str, Any]], name: str) -> list[dict]:
+    """The rows of one named output of a heatmap function that returns several
+    (``aggregations_fn``): ``keypoints`` and ``maxvals`` of ``name``, the rest as they are."""
+    out = []
+    for row in rows:
+        if name not in row["keypoints"]:
+            raise ValueError(f"no output {name!r}; the rows hold {sorted(row['keypoints'])}")
+        out.append({**row, "keypoints": row["keypoints"][name], "maxvals": row["maxvals"][name]})
+    return out
 
 
 def iter_predict(
@@ -302,10 +376,10 @@ def iter_predict(
         batch = make_global_batch(local, mesh, keys=device_keys)
         out = step(variables, batch)
         if pending is not None:
-            yield from _rows(pending[0], *_local_rows(pending[1]))
+            yield from _rows(pending[0], *_local_outputs(pending[1]))
         pending = (local, out)
     if pending is not None:
-        yield from _rows(pending[0], *_local_rows(pending[1]))
+        yield from _rows(pending[0], *_local_outputs(pending[1]))
 
 
 def predict(

@@ -67,6 +67,36 @@ def default_aggregation_weights(num_frames: int) -> tuple[float, ...]:
     return AGGREGATION_WEIGHTS.get(num_frames, (1.0 / num_frames,) * num_frames)
 
 
+def window_weights(
+    weights: Sequence[float] | jnp.ndarray | None, valid: jnp.ndarray | None, b: int, t: int
+) -> jnp.ndarray:
+    """Aggregation weights ``[B, T]`` float32: ``w_t valid_t / sum_s w_s valid_s`` (the
+    weights renormalised over the frames that exist; all zero if none does).
+
+    Args:
+      weights: ``[T]`` or ``[B, T]`` non-negative weights in time order; None:
+        ``default_aggregation_weights(T)``.
+      valid: ``[B, T]`` bool/float, False for frames that do not exist; None: all valid.
+      b, t: the batch size and the window length.
+    """
+    if weights is None:
+        weights = default_aggregation_weights(t)
+    w = jnp.asarray(weights, jnp.float32)
+    if w.shape not in ((t,), (b, t)):
+        raise ValueError(
+            f"aggregate: weights must have shape ({t},) or ({b}, {t}), got {tuple(w.shape)}"
+        )
+    w = jnp.broadcast_to(w, (b, t))
+    if valid is not None:
+        valid = jnp.asarray(valid)
+        if valid.shape != (b, t):
+            raise ValueError(
+                f"aggregate: valid must have shape ({b}, {t}), got {tuple(valid.shape)}"
+            )
+        w = w * valid.astype(jnp.float32)
+    return w / jnp.maximum(jnp.sum(w, axis=1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+
+
 class PoseWarper(nn.Module):
     """HRNet + warping head over ``[B, T, H, W, 3]`` crops (see the module docstring).
 
@@ -199,30 +229,30 @@ class PoseWarper(nn.Module):
         """
         _check_frames(frames, "aggregate")
         b, t = frames.shape[:2]
-        center = t // 2 if center is None else center
-        if not isinstance(center, int) or not 0 <= center < t:
-            raise ValueError(f"aggregate: center must be an int in [0, {t}), got {center!r}")
-        if weights is None:
-            weights = default_aggregation_weights(t)
-        w = jnp.asarray(weights, jnp.float32)
-        if w.shape not in ((t,), (b, t)):
-            raise ValueError(
-                f"aggregate: weights must have shape ({t},) or ({b}, {t}), got {tuple(w.shape)}"
-            )
-        w = jnp.broadcast_to(w, (b, t))
-        if valid is not None:
-            valid = jnp.asarray(valid)
-            if valid.shape != (b, t):
-                raise ValueError(
-                    f"aggregate: valid must have shape ({b}, {t}), got {tuple(valid.shape)}"
-                )
-            w = w * valid.astype(jnp.float32)
-        w = w / jnp.maximum(jnp.sum(w, axis=1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+        center = _check_center(center, t)
+        w = window_weights(weights, valid, b, t)
+        warped = self.warp_window(frames, center, train)
+        return jnp.sum(w[:, :, None, None, None] * warped, axis=1)
 
+    def warp_window(
+        self, frames: jnp.ndarray, center: int | None = None, train: bool = False
+    ) -> jnp.ndarray:
+        """Every frame of a window warped onto its centre frame, before any weighting: what
+        ``aggregate`` sums, for several weightings of one window from one pass.
+
+        Args:
+          frames: ``[B, T, H, W, 3]``, a window of T frames around frame ``center``.
+          center: index of the frame t in the window; default ``T // 2``.
+          train: BatchNorm mode of the head.
+
+        Returns:
+          ``[B, T, h, w, J]`` float32: frame s's entry is head(psi = f_c - f_s, warp f_s).
+        """
+        _check_frames(frames, "warp_window")
+        center = _check_center(center, frames.shape[1])
         f = self._warp_inputs(frames, train)  # [B, T, h, w, J]
         psi = f[:, center : center + 1] - f
-        warped = self.head(_fold(psi), _fold(f), train).reshape(f.shape)
-        return jnp.sum(w[:, :, None, None, None] * warped, axis=1)
+        return self.head(_fold(psi), _fold(f), train).reshape(f.shape)
 
     def cycle(self, frames: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         """Cycle consistency: A -> B -> A.
@@ -246,6 +276,14 @@ class PoseWarper(nn.Module):
 def _fold(x: jnp.ndarray) -> jnp.ndarray:
     """``[B, T, ...] -> [B * T, ...]`` (batch-major)."""
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _check_center(center: Any, t: int) -> int:
+    """The window's centre index: ``T // 2`` for None, else an int in ``[0, T)``."""
+    center = t // 2 if center is None else center
+    if not isinstance(center, int) or not 0 <= center < t:
+        raise ValueError(f"aggregate: center must be an int in [0, {t}), got {center!r}")
+    return center
 
 
 def _check_frames(frames: Any, mode: str, num_frames: int | None = None) -> None:
