@@ -221,8 +221,10 @@ def test_truth_assigned_fn_scales_crop_joints_to_the_heatmap_and_flips_first():
     to_maps = np.array([8 / 32, 16 / 64, 1], np.float32)  # crop pixels -> 16x8 heatmap pixels
     plain = inference.single_frame_fn(model)(variables, batch)
     got = sides.truth_assigned_fn(model, False, "dark")(variables, batch)
+    assert sorted(got) == ["decoded", "sides_by_truth"]
+    np.testing.assert_array_equal(np.asarray(got["decoded"]), np.asarray(plain))
     want = sides.assign_pairs_by_truth(plain, joints * to_maps)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(got["sides_by_truth"]), np.asarray(want), rtol=1e-6)
     # With the flip test the mirrored crop's maps are averaged in before the assignment.
     shift = inference.flip_shift("dark", 32, 8)
     mirrored = inference.single_frame_fn(model)(
@@ -230,8 +232,9 @@ def test_truth_assigned_fn_scales_crop_joints_to_the_heatmap_and_flips_first():
     )
     averaged = average_flip(plain, mirrored, FLIP_PAIRS, shift=shift)
     got = sides.truth_assigned_fn(model, True, "dark")(variables, batch)
+    np.testing.assert_allclose(np.asarray(got["decoded"]), np.asarray(averaged), rtol=1e-6)
     want = sides.assign_pairs_by_truth(averaged, joints * to_maps)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(got["sides_by_truth"]), np.asarray(want), rtol=1e-6)
     assert sides.truth_assigned_fn(model, True, "dark") is sides.truth_assigned_fn(
         model, True, "dark"
     )

@@ -243,12 +243,17 @@ def assign_pairs_by_truth(
     return out
 
 
+DECODED, BY_TRUTH = "decoded", "sides_by_truth"
+
+
 @functools.cache
 def truth_assigned_fn(model, flip_test: bool, decoding: str):
     """``inference.HeatmapFn`` of the single-frame HRNet (with the flip test, as the report
-    runs it) followed by ``assign_pairs_by_truth`` with the batch's ``joints``. Run it through
-    ``inference.predict`` with ``flip_test=False`` (it flips itself, before the assignment)
-    and ``"joints"`` among the keys. The same object for equal arguments (one compilation)."""
+    runs it), returning two map sets from one pass: ``"decoded"``, the maps as the report
+    decodes them, and ``"sides_by_truth"``, the same after ``assign_pairs_by_truth`` with the
+    batch's ``joints``. Run it through ``inference.predict`` with ``flip_test=False`` (it flips
+    itself, before the assignment) and ``"joints"`` among the keys; ``inference.select_rows``
+    picks a set. The same object for equal arguments (one compilation)."""
     from posewarper_jax.apps import inference
     from posewarper_jax.ops.heatmaps import average_flip
 
@@ -263,7 +268,7 @@ def truth_assigned_fn(model, flip_test: bool, decoding: str):
             hm = average_flip(hm, flipped, FLIP_PAIRS, shift=shift)
         joints = jnp.asarray(batch["joints"], jnp.float32)
         scale = jnp.asarray([hm.shape[2] / image_w, hm.shape[1] / batch["image"].shape[2], 1.0])
-        return assign_pairs_by_truth(hm, joints * scale)
+        return {DECODED: hm, BY_TRUTH: assign_pairs_by_truth(hm, joints * scale)}
 
     return fn
 
@@ -330,25 +335,29 @@ def _main(argv):  # pragma: no cover - exercised through the CLI
         run = trained.load_trained(workdir, stage)
         out["stages"][stage] = {}
         for what, data in sets.items():
-            pred = detection.detect_single_frame(
-                run.model, run.variables, data, pipe_cfg,
-                flip_test=s.eval.flip_test, mesh=mesh, decoding=s.eval.decoding,
-            )  # fmt: skip
+            validation = what.startswith("validation")
+            if validation:
+                # The decoded maps and the sides given by the truth from one pass.
+                rows = detection.crop_rows(
+                    run.model, run.variables, data, pipe_cfg, mesh=mesh,
+                    decoding=s.eval.decoding,
+                    fn=truth_assigned_fn(run.model, s.eval.flip_test, s.eval.decoding),
+                    keys=(*inference.DEFAULT_KEYS, "joints"),
+                )  # fmt: skip
+                pred = inference.to_predictions(inference.select_rows(rows, DECODED), data)
+            else:
+                pred = detection.detect_single_frame(
+                    run.model, run.variables, data, pipe_cfg,
+                    flip_test=s.eval.flip_test, mesh=mesh, decoding=s.eval.decoding,
+                )  # fmt: skip
             result = side_swaps(data, pred)
             out["stages"][stage][what] = result
             title = f"{stage}, {what}: % of left/right pairs swapped / collapsed"
             print(render_sides(title, result))
-            if not what.startswith("validation"):
+            if not validation:
                 continue
-            rows = detection.crop_rows(
-                run.model, run.variables, data, pipe_cfg, mesh=mesh, decoding=s.eval.decoding,
-                fn=truth_assigned_fn(run.model, s.eval.flip_test, s.eval.decoding),
-                keys=(*inference.DEFAULT_KEYS, "joints"),
-            )  # fmt: skip
-            cost = {
-                "decoded": posetrack_map(data, pred),
-                "sides_by_truth": posetrack_map(data, inference.to_predictions(rows, data)),
-            }
+            by_truth = inference.to_predictions(inference.select_rows(rows, BY_TRUTH), data)
+            cost = {DECODED: posetrack_map(data, pred), BY_TRUTH: posetrack_map(data, by_truth)}
             out["stages"][stage][f"{what}: poseval mAP"] = cost
             print(render_side_cost(f"{stage}, {what}: poseval mAP (%)", cost))
     path = os.path.join(workdir, "sides.json")
