@@ -4,7 +4,7 @@
   python launch/sweep.py --config configs/sparse.py:paper --sweep vn --root runs/vn \
       --slurm runs/vn.sbatch --gpus 8
   python launch/sweep.py --config configs/sparse.py --sweep dilations --root runs/dilations \
-      --set model.pretrained=runs/sparse/pretrain/backbone   # every run reuses one pre-training
+      --set model.pretrained=runs/pt/pretrain/backbone   # every run reuses one pre-training
 
 A config file declares its sweeps with ``get_sweep(arg) -> {name: [overrides, ...]}``, each
 override a ``{"a.b": value}`` dict applied as ``--config.a.b=value``. Without ``--slurm`` the
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="a config override for every run, e.g. model.pretrained=runs/sparse/pretrain/backbone",
+        help="a config override for every run, e.g. model.pretrained=runs/pt/pretrain/backbone",
     )
     cli.add_debug_flag(p)
     args = p.parse_args(argv)
