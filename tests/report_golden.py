@@ -1,21 +1,26 @@
 """The main job's ``report.json`` against a recorded one: the check that a change of the code's
 structure left the job's behaviour alone.
 
-``tests/fixtures/report_runlocal.json`` is the report of ``test_training``'s main-job test
-(the tiny data set, 2 steps per stage, flip test, pseudo labels), recorded together with the
-machine it ran on. ``check_report`` compares a new report with it:
+``tests/fixtures/report_runlocal.json`` holds the report of ``test_training``'s main-job test
+(the tiny data set, 2 steps per stage, flip test, pseudo labels), recorded by one code version
+on one or more machines, each recording with the machine it ran on (``recordings``).
+``check_report`` compares a new report with them:
 
 - every key, string and boolean, and which values are null: always equal;
-- numbers: equal (counts exactly, others to 1e-9) on the machine (CPU model, JAX version)
-  that recorded the file;
-  elsewhere XLA may compile other instructions and a score can move where a joint sits on a
-  PCKh or OKS threshold, so there they must agree to 2.0 (percentage points; relative 2%
-  for other magnitudes);
+- numbers: equal (counts exactly, others to 1e-9) to the recording of this machine (CPU model,
+  JAX version) where there is one;
+  on a machine without one, XLA may compile other instructions and a score can move where a
+  joint sits on a PCKh or OKS threshold, or where the 2-step model's nearly flat heatmaps
+  have their maximum (the aggregation's Head AP moved by 4.8 and 15.9 points between an AMD
+  EPYC and an Intel Xeon), so there the numbers must agree to 2.0 (percentage points;
+  relative 2% for other magnitudes) with at least one recording;
 - left out: ``timing_s`` (seconds) and the config's data roots; the workdir in file paths
   reads ``<workdir>``.
 
-``POSEWARPER_RECORD_REPORT=1`` writes the fixture from the report of this run instead: do that
-only with a code version whose behaviour is the reference.
+``POSEWARPER_RECORD_REPORT=1`` writes this machine's recording from the report of this run
+instead (replacing its earlier one, keeping the other machines'): do that only with a code
+version whose behaviour is the reference, and where the behaviour changed on purpose, delete
+the file first, so that no other machine keeps a recording of the old behaviour.
 """
 
 from __future__ import annotations
@@ -84,20 +89,36 @@ def _diffs(a, b, path: str, tol) -> list[str]:
     return [] if a == b else [f"{path}: {a!r} against {b!r}"]
 
 
+def recordings() -> list[dict]:
+    """The fixture's recordings, ``[{"machine": ..., "report": ...}, ...]`` (a file of one
+    recording without the list reads as that one)."""
+    if not os.path.exists(FIXTURE):
+        return []
+    with open(FIXTURE) as f:
+        data = json.load(f)
+    return data["recordings"] if "recordings" in data else [data]
+
+
 def check_report(report: dict, workdir: str) -> None:
     """Asserts that ``report`` is the recorded one (module docstring)."""
+    here, new = machine(), _comparable(report, workdir)
     if os.environ.get("POSEWARPER_RECORD_REPORT") == "1":
+        kept = [r for r in recordings() if r["machine"] != here]
         os.makedirs(os.path.dirname(FIXTURE), exist_ok=True)
         with open(FIXTURE, "w") as f:
-            json.dump({"machine": machine(), "report": _comparable(report, workdir)}, f, indent=1)
+            json.dump({"recordings": [*kept, {"machine": here, "report": new}]}, f, indent=1)
             f.write("\n")
         return
-    with open(FIXTURE) as f:
-        recorded = json.load(f)
-    same_machine = recorded["machine"] == machine()
-    tol = (1e-9, 1e-9) if same_machine else (2.0, 0.02)
-    diffs = _diffs(recorded["report"], _comparable(report, workdir), "report", tol)
-    where = "this machine" if same_machine else f"another machine ({recorded['machine']})"
+    recorded = recordings()
+    assert recorded, f"no recording in {FIXTURE}: run once with POSEWARPER_RECORD_REPORT=1"
+    same = [r for r in recorded if r["machine"] == here]
+    if same:
+        diffs = _diffs(same[0]["report"], new, "report", (1e-9, 1e-9))
+        where = "this machine"
+    else:
+        found = [(_diffs(r["report"], new, "report", (2.0, 0.02)), r) for r in recorded]
+        diffs, nearest = min(found, key=lambda x: len(x[0]))
+        where = f"another machine ({nearest['machine']}; none of {len(recorded)} is this one)"
     assert not diffs, f"report.json differs from {FIXTURE} (recorded on {where}):\n" + "\n".join(
         diffs[:30]
     )
