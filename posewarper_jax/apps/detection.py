@@ -236,7 +236,7 @@ def detect_aggregated_and_causal(
       ``(symmetric, causal)`` prediction ``VideoDataset``s shaped like ``dataset``.
     """
     future = len(WINDOW) - len(CAUSAL_WINDOW)
-    if WINDOW[: len(CAUSAL_WINDOW)] != CAUSAL_WINDOW or WINDOW[len(CAUSAL_WINDOW) - 1] != 0:
+    if WINDOW[: len(CAUSAL_WINDOW)] != CAUSAL_WINDOW:
         raise ValueError(f"the causal window {CAUSAL_WINDOW} must begin the window {WINDOW}")
     sets = (("symmetric", WINDOW_WEIGHTS), ("causal", (*CAUSAL_WEIGHTS, *(0.0,) * future)))
     fn = aggregations_fn(model, sets, WINDOW.index(0))

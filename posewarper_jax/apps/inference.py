@@ -226,14 +226,13 @@ def _compiled_step(
     program.
     """
 
-    def decode(hm, flipped, batch):
+    def decode(hm, flipped, shift, batch):
         b = batch["image"].shape[0]
         if hm.ndim != 4 or hm.shape[0] != b:
             raise ValueError(
                 f"the heatmap function must return [B={b}, h, w, J], got shape {hm.shape}"
             )
         if flipped is not None:
-            shift = flip_shift(decoding, batch["image"].shape[3], hm.shape[2])
             hm = average_flip(hm, flipped, flip_pairs, shift=shift)
         coords, maxvals = decode_heatmaps(hm.astype(jnp.float32), method=decoding, sigma=sigma)
         xy = heatmap_to_image_coords(coords, batch["center"], batch["scale"], hm.shape[1:3])
@@ -241,16 +240,17 @@ def _compiled_step(
 
     def step(variables, batch):
         hm = fn(variables, batch)
-        flipped = None
+        sets = hm if isinstance(hm, Mapping) else {None: hm}
+        flipped, shift = dict.fromkeys(sets), None
         if flip_pairs is not None:
-            # The mirrored batch's maps have the width of the unflipped ones.
-            width = next(iter(hm.values())) if isinstance(hm, Mapping) else hm
-            shift = flip_shift(decoding, batch["image"].shape[3], width.shape[2])
-            flipped = fn(variables, flip_batch(batch, flip_pairs, shift))
-        if isinstance(hm, Mapping):
-            decoded = {k: decode(hm[k], None if flipped is None else flipped[k], batch) for k in hm}
-            return {k: v[0] for k, v in decoded.items()}, {k: v[1] for k, v in decoded.items()}
-        return decode(hm, flipped, batch)
+            width = next(iter(sets.values())).shape[2]
+            shift = flip_shift(decoding, batch["image"].shape[3], width)
+            out = fn(variables, flip_batch(batch, flip_pairs, shift))
+            flipped = out if isinstance(out, Mapping) else {None: out}
+        decoded = {k: decode(sets[k], flipped[k], shift, batch) for k in sets}
+        if not isinstance(hm, Mapping):
+            return decoded[None]
+        return {k: v[0] for k, v in decoded.items()}, {k: v[1] for k, v in decoded.items()}
 
     return jax.jit(step, out_shardings=(sharding, sharding))
 
