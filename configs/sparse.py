@@ -256,6 +256,10 @@ def get_config(arg=None):
     # What stage 2 compares the warped B with: ground_truth (A's labels, the paper) or backbone
     # (the frozen backbone's heatmaps of A: self-supervised, the head learns motion only).
     c.stage2.target = "ground_truth"
+    # A of a stage-2 pair is a labeled frame (0, the paper), or also an unlabeled frame up to
+    # this many frames from one, with the backbone's maps of A as its target (the boxes of the
+    # nearest labeled frame carried over). The stage's steps stay those of its labeled frames.
+    c.stage2.unlabeled_reach = 0
     return c
 
 

@@ -182,6 +182,7 @@ def stage_settings(stage: mlc.ConfigDict) -> StageSettings:
         warmup_steps=int(stage.warmup_steps),
         weight_decay=float(stage.weight_decay),
         target=str(stage.get("target", "ground_truth")),
+        unlabeled_reach=int(stage.get("unlabeled_reach", 0)),
     )
 
 
@@ -273,6 +274,9 @@ def validate(config: mlc.ConfigDict) -> None:
     target = config.stage2.get("target", "ground_truth")
     if target not in STAGE2_TARGETS:
         _fail("stage2.target", target, f"must be one of {STAGE2_TARGETS}")
+    reach = config.stage2.get("unlabeled_reach", 0)
+    if not isinstance(reach, int) or reach < 0:
+        _fail("stage2.unlabeled_reach", reach, "must be an integer >= 0")
     if config.checkpoint_every <= 0:
         _fail("checkpoint_every", config.checkpoint_every, "must be > 0")
     if config.keep_checkpoints <= 0:
@@ -508,11 +512,13 @@ def pipeline_config(config: Config, use: str, **overrides) -> pipeline_lib.Pipel
         half_body_prob=i.half_body_prob,
     )
     batch = s.eval.batch_size if use == "eval" else s.stage(use).batch_size
+    reach = s.stage2.unlabeled_reach if use == "stage2" else 0
     kwargs = dict(
         image_size=i.image_size,
         sigma=i.sigma,
         target_encoding=i.target_encoding,
         support_range=i.support_range,
+        unlabeled_reach=reach,
         aug=aug,
         augment=use != "eval",
         shuffle=use != "eval",

@@ -83,7 +83,9 @@ class StageSettings:
     """One training stage's recipe (``config.stage1``, ``config.stage2``, the pre-training).
 
     ``target`` is what a warping-head stage compares the warped heatmaps with
-    (``training.STAGE2_TARGETS``); an HRNet stage has ``ground_truth``.
+    (``training.STAGE2_TARGETS``); an HRNet stage has ``ground_truth``. ``unlabeled_reach``
+    (stage 2 only): A may also be an unlabeled frame this close to a labeled one
+    (``PipelineConfig.unlabeled_reach``).
     """
 
     epochs: int
@@ -96,6 +98,7 @@ class StageSettings:
     warmup_steps: int
     weight_decay: float
     target: str = "ground_truth"
+    unlabeled_reach: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

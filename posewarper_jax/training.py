@@ -46,6 +46,9 @@ from posewarper_jax.settings import StageSettings
 from posewarper_jax.training_log import MetricWriter, Progress
 
 BATCH_KEYS = ("image", "target", "target_weight")
+# Sent to the devices as well where the examples have them (``a_labeled``: pairs whose A is
+# an unlabeled frame, ``PipelineConfig.unlabeled_reach``).
+OPTIONAL_BATCH_KEYS = ("a_labeled",)
 
 
 class NonFiniteLossError(RuntimeError, ExpectedError):
@@ -169,10 +172,18 @@ def _loss(model, variables, batch, kind: str | int, target: str, train: bool):
         raise ValueError(f"stage-2 target must be one of {STAGE2_TARGETS}, got {target!r}")
     out = model.apply(variables, batch["image"], train, True, method="pair", mutable=mutable)
     (warped, f_a, _), updates = out if train else (out, None)
+    own = jax.lax.stop_gradient(f_a).astype(jnp.float32)
+    every_joint = jnp.ones(f_a.shape[:1] + f_a.shape[-1:], jnp.float32)
     if target == "backbone":
         # Self-supervised: the frozen backbone's own heatmaps of A, every joint.
-        weight = jnp.ones(f_a.shape[:1] + f_a.shape[-1:], f_a.dtype)
-        return joints_mse(warped, jax.lax.stop_gradient(f_a), weight), updates
+        return joints_mse(warped, own, every_joint), updates
+    if "a_labeled" in batch:
+        # Pairs whose A is unlabeled take the backbone's maps of A, every joint; the others
+        # A's labels.
+        labeled = batch["a_labeled"].astype(bool)
+        goal = jnp.where(labeled[:, None, None, None], batch["target"].astype(jnp.float32), own)
+        weight = jnp.where(labeled[:, None], batch["target_weight"], every_joint)
+        return joints_mse(warped, goal, weight), updates
     return joints_mse(warped, batch["target"], batch["target_weight"]), updates
 
 
@@ -473,7 +484,8 @@ class _TrainLoop:
         step, total = self.start, self.total
         while step < total:
             local = next(data_iter)
-            batch = pipeline_lib.make_global_batch(local, self.mesh, keys=BATCH_KEYS)
+            keys = BATCH_KEYS + tuple(k for k in OPTIONAL_BATCH_KEYS if k in local)
+            batch = pipeline_lib.make_global_batch(local, self.mesh, keys=keys)
             state, metrics = step_fn(state, batch)
             step += 1
             window.append(metrics)

@@ -104,6 +104,8 @@ def test_config_validation():
         pl.PipelineConfig(image_size=(130, 96))
     with pytest.raises(ValueError, match="support_range"):
         pl.PipelineConfig(support_range=-1)
+    with pytest.raises(ValueError, match="unlabeled_reach"):
+        pl.PipelineConfig(unlabeled_reach=-1)
     with pytest.raises(ValueError, match="eval_edge"):
         pl.PipelineConfig(eval_edge="wrap")
     with pytest.raises(ValueError, match="batch_size"):
@@ -149,6 +151,84 @@ def test_train_batch_layout_and_support_frames(data):
     one = pl.train_map_dataset(data, cfg(), paired=False, process_index=0, process_count=1)[0]
     assert one["image"].shape == (4, 1, *SIZE, 3)
     np.testing.assert_array_equal(one["frame_a"], one["frame_b"])
+
+
+def _boxed_video(tmp_path) -> VideoDataset:
+    """One 9-frame video labeled at frames 2 and 6: track 5 on both, track 9 on frame 2 only,
+    an untracked person on frame 6."""
+    kp = np.zeros((NUM_JOINTS, 3), np.float32)
+    kp[0] = [10, 10, 1]
+    frames = []
+    for t in range(9):
+        people = []
+        if t == 2:
+            people = [
+                Person(kp, np.array([10, 20, 30, 40], np.float32), track_id=5),
+                Person(kp, np.array([50, 50, 10, 10], np.float32), track_id=9),
+            ]
+        if t == 6:
+            people = [
+                Person(kp, np.array([30, 40, 50, 60], np.float32), track_id=5),
+                Person(kp, np.array([0, 0, 20, 20], np.float32), track_id=-1),
+            ]
+        frames.append(Frame(str(tmp_path / f"{t}.jpg"), t, t, t in (2, 6), people))
+    return VideoDataset([Video("v", frames, source="v.json")], fmt="posetrack18")
+
+
+def test_unlabeled_records_carry_the_nearest_labeled_boxes(tmp_path):
+    """Hand-computed: each unlabeled frame within reach takes the people of the nearest
+    labeled frame (the earlier on a tie), no labeled joint, and the box of a track labeled on
+    both sides linearly interpolated in time."""
+    rec = pl.unlabeled_records(_boxed_video(tmp_path), reach=2)
+    rows = sorted(
+        (int(f), int(p), tuple(np.round(b, 4).tolist()))
+        for f, p, b in zip(rec.frame, rec.person, rec.box, strict=True)
+    )
+    assert rows == [
+        (0, 0, (10.0, 20.0, 30.0, 40.0)),  # before the first label: carried, not interpolated
+        (0, 1, (50.0, 50.0, 10.0, 10.0)),
+        (1, 0, (10.0, 20.0, 30.0, 40.0)),
+        (1, 1, (50.0, 50.0, 10.0, 10.0)),
+        (3, 0, (15.0, 25.0, 35.0, 45.0)),  # 3/4 of frame 2's box + 1/4 of frame 6's
+        (3, 1, (50.0, 50.0, 10.0, 10.0)),  # track 9 is not labeled on frame 6
+        (4, 0, (20.0, 30.0, 40.0, 50.0)),  # the tie goes to the earlier frame, 2
+        (4, 1, (50.0, 50.0, 10.0, 10.0)),
+        (5, 0, (25.0, 35.0, 45.0, 55.0)),  # from frame 6, 1/4 of the way back to frame 2
+        (5, 1, (0.0, 0.0, 20.0, 20.0)),
+        (7, 0, (30.0, 40.0, 50.0, 60.0)),
+        (7, 1, (0.0, 0.0, 20.0, 20.0)),
+        (8, 0, (30.0, 40.0, 50.0, 60.0)),
+        (8, 1, (0.0, 0.0, 20.0, 20.0)),
+    ]
+    assert not np.any(rec.keypoints[..., 2] > 0)
+    assert sorted(set(pl.unlabeled_records(_boxed_video(tmp_path), 1).frame.tolist())) == [
+        1, 3, 5, 7,
+    ]  # fmt: skip
+
+
+def test_unlabeled_reach_adds_pairs_and_keeps_the_epoch(data):
+    """``unlabeled_reach``: the labeled records plus the unlabeled frames near them, marked by
+    ``a_labeled``; an unlabeled A has no target weight; the epoch's steps are unchanged."""
+    plain = cfg(batch_size=2)
+    dense = cfg(batch_size=2, unlabeled_reach=1)
+    assert "a_labeled" not in pl.train_map_dataset(data, plain, process_index=0, process_count=1)[0]
+    ds = pl.train_map_dataset(data, dense, process_index=0, process_count=1)
+    # 16 labeled records and every odd frame's 2 or 3 people: 4 frames x 2 videos, frame 1
+    # carrying frame 0's three people and frame 7 frame 6's two.
+    n = 16 + 2 * (3 + 2 + 2 + 2)
+    rows = [ds[i] for i in range(n // 2)]  # one epoch
+    a_lab = np.concatenate([r["a_labeled"] for r in rows])
+    fa = np.concatenate([r["frame_a"] for r in rows])
+    weight = np.concatenate([r["target_weight"] for r in rows])
+    assert a_lab.sum() == 16 and np.all(fa[a_lab] % 2 == 0) and np.all(fa[~a_lab] % 2 == 1)
+    assert np.all(weight[~a_lab] == 0) and np.all(weight[a_lab].sum(1) > 0)
+    assert sorted(zip(np.concatenate([r["video"] for r in rows]).tolist(), fa.tolist())) == sorted(
+        [(v, t) for v in range(2) for t in range(0, 8, 2) for _ in range(2)]
+        + [(v, t) for v in range(2) for t, k in ((1, 3), (3, 2), (5, 2), (7, 2)) for _ in range(k)]
+    )
+    assert pl.steps_per_epoch(data, dense) == pl.steps_per_epoch(data, plain) == 8
+    with pytest.raises(ValueError, match="paired"):
+        pl.train_map_dataset(data, dense, paired=False, process_index=0, process_count=1)
 
 
 def test_a_and_b_share_crop_and_augmentation(data):

@@ -100,9 +100,17 @@ def test_voc_ap_known_answers():
     # Unsorted input is ranked by score: the same as above.
     p, r, order = precision_recall([0.7, 0.9, 0.8], [1, 0, 1], 2)
     assert order.tolist() == [1, 2, 0] and abs(voc_ap(r, p) - 2 / 3) < 1e-12
-    # Equal scores: poseval's argsort()[::-1] puts the later entry first (here the FP).
+    # Equal scores: the later entry first (here the FP), as poseval's argsort()[::-1] on a
+    # short array.
     p, r, order = precision_recall([0.5, 0.5], [1, 0], 2)
     assert order.tolist() == [1, 0] and abs(voc_ap(r, p) - 0.25) < 1e-12
+    # ... and on long ones, where NumPy's default sort orders ties by the CPU's SIMD sort:
+    # 600 tied scores rank in reverse input order on every machine.
+    tied = np.repeat([1.0, 0.5, 1 / 3], 200)[np.random.default_rng(0).permutation(600)]
+    _, _, order = precision_recall(tied, np.zeros(600), 10)
+    ranks = {s: [k for k in order if tied[k] == s] for s in (1.0, 0.5, 1 / 3)}
+    assert all(r == sorted(r, reverse=True) for r in ranks.values())
+    assert order[:200].tolist() == ranks[1.0]
     # No ground truth: recall is 0/0 -> NaN AP (poseval); nothing ranked -> 0.
     p, r, _ = precision_recall([0.5], [0], 0)
     assert math.isnan(voc_ap(r, p))
@@ -378,7 +386,7 @@ def reference_ap(gt_dir: str, pred_dir: str) -> np.ndarray:
     for j in range(15):
         if not scores[j]:
             continue
-        order = np.array(scores[j], np.float64).argsort()[::-1]
+        order = np.array(scores[j], np.float64).argsort(kind="stable")[::-1]
         tp, prec, rec = 0, [], []
         for rank, k in enumerate(order):
             tp += labels[j][k]

@@ -366,6 +366,53 @@ def test_stage2_backbone_target_is_the_frozen_backbones_heatmaps_of_a(data_root)
     assert not _leaves_equal(state["params"]["head"], variables["params"]["head"])
 
 
+def test_stage2_pairs_with_unlabeled_a_take_the_backbones_maps(data_root):
+    """``stage2.unlabeled_reach``: rows whose A is labeled keep A's labels, the others take the
+    frozen backbone's maps of A for every joint (NumPy on the model's own outputs, rtol 1e-5);
+    all rows labeled is the paper's loss, none the ``backbone`` target's."""
+    c = tiny_config(data_root)
+    c.model.backbone_bn = "batch"  # non-trivial f_A (see the test above)
+    c.stage2.unlabeled_reach = 3
+    model = experiment.make_model(c)
+    variables = training.init_variables(model, c.input.image_size, c.seed)
+    train, _ = experiment.sparse_subset(c, experiment.load_split(c, "train"))
+    cfg = experiment.pipeline_config(c, "stage2", shuffle=False)
+    assert cfg.unlabeled_reach == 3
+    local = next(iter(pipeline_lib.train_dataset(train, cfg, paired=True)))
+    keys = training.BATCH_KEYS + training.OPTIONAL_BATCH_KEYS
+    batch = {k: jnp.asarray(local[k]) for k in keys}
+    b = batch["a_labeled"].shape[0]
+    mixed = {**batch, "a_labeled": jnp.arange(b) % 2 == 0}
+    mixed["target_weight"] = jnp.where(
+        mixed["a_labeled"][:, None], jnp.maximum(batch["target_weight"], 0.5), 0.0
+    )  # the pipeline gives an unlabeled A no target weight: labeled rows get some here
+    plain = {k: mixed[k] for k in training.BATCH_KEYS}
+
+    warped, f_a, _ = model.apply(variables, batch["image"], False, True, method="pair")
+    warped, f_a = np.asarray(warped), np.asarray(f_a)
+    lab = np.asarray(mixed["a_labeled"])
+    goal = np.where(lab[:, None, None, None], np.asarray(mixed["target"]), f_a)
+    weight = np.where(lab[:, None], np.asarray(mixed["target_weight"]), 1.0)
+    expected = 0.5 * np.mean((weight[:, None, None, :] * (warped - goal)) ** 2)
+    got = float(training.batch_loss(model, variables, mixed, "head", "ground_truth"))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+    every = {**mixed, "a_labeled": jnp.ones((b,), bool)}
+    none = {**mixed, "a_labeled": jnp.zeros((b,), bool)}
+    np.testing.assert_allclose(
+        float(training.batch_loss(model, variables, every, "head", "ground_truth")),
+        float(training.batch_loss(model, variables, plain, "head", "ground_truth")),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        float(training.batch_loss(model, variables, none, "head", "ground_truth")),
+        float(training.batch_loss(model, variables, plain, "head", "backbone")),
+        rtol=1e-6,
+    )
+    assert experiment.stage_settings(c.stage2).unlabeled_reach == 3
+    assert experiment.pipeline_config(c, "stage1").unlabeled_reach == 0
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -383,6 +430,7 @@ def test_stage2_backbone_target_is_the_frozen_backbones_heatmaps_of_a(data_root)
         ("data.synthetic_overrides", "seed=3", "data.synthetic_seed"),
         ("data.synthetic_preset", "huge", "data.synthetic_preset"),
         ("stage2.target", "labels", "stage2.target"),
+        ("stage2.unlabeled_reach", -1, "stage2.unlabeled_reach"),
         ("pretrain.data", "imagenet", "pretrain.data"),
         ("input.target_encoding", "rounded", "input.target_encoding"),
         ("eval.decoding", "softargmax", "eval.decoding"),

@@ -178,6 +178,11 @@ class PipelineConfig:
       "subpixel" (centred on the joint's exact position), ``transforms.gaussian_targets``;
       it shapes the training targets and the maps that propagation warps.
     support_range: R, the supporting frame B is drawn from [t_A - R, t_A + R].
+    unlabeled_reach: D > 0 makes pairs (training with ``paired=True`` only) whose A is also an
+      unlabeled frame at most D frames from a labeled one (``unlabeled_records``); their
+      examples carry ``a_labeled`` False and no joints, and the stage-2 loss takes the frozen
+      backbone's maps of A as their target. 0: A is a labeled frame (the paper's recipe).
+      ``steps_per_epoch`` still counts the labeled records, so a stage's steps do not change.
     augment: apply ``aug`` to training examples (evaluation never augments).
     aug: augmentation probabilities and factors.
     box_padding: box enlargement before cropping.
@@ -202,6 +207,7 @@ class PipelineConfig:
     sigma: float = 1.0
     target_encoding: str = "integer"
     support_range: int = 2
+    unlabeled_reach: int = 0
     augment: bool = True
     aug: transforms.AugmentConfig = dataclasses.field(default_factory=transforms.AugmentConfig)
     box_padding: float = transforms.BOX_PADDING
@@ -238,6 +244,8 @@ class PipelineConfig:
             bad("target_encoding", self.target_encoding, f"must be one of {encodings}")
         if self.support_range < 0:
             bad("support_range", self.support_range, "must be >= 0")
+        if self.unlabeled_reach < 0:
+            bad("unlabeled_reach", self.unlabeled_reach, "must be >= 0")
         if not isinstance(self.aug, transforms.AugmentConfig):
             bad("aug", self.aug, "must be an AugmentConfig")
         if not self.box_padding > 0:
@@ -420,6 +428,48 @@ def train_records(dataset: VideoDataset) -> _Records:
     )
 
 
+def unlabeled_records(dataset: VideoDataset, reach: int) -> _Records:
+    """Records of the unlabeled frames at most ``reach`` frames from a labeled one: the
+    people of the nearest labeled frame (the earlier one on a tie), each with its box carried
+    over (linearly interpolated to the frame where the same track is labeled on both sides)
+    and no labeled joint. Frames are within their video; ``person`` indexes the labeled
+    frame's people."""
+    labeled = {(vi, fi) for vi, fi in dataset.labeled_frames()}
+
+    def people_of(vi: int, fi: int) -> list[Person]:
+        frames = dataset.videos[vi].frames
+        prev = next((f for f in range(fi - 1, -1, -1) if (vi, f) in labeled), None)
+        nxt = next((f for f in range(fi + 1, len(frames)) if (vi, f) in labeled), None)
+        near = [f for f in (prev, nxt) if f is not None and abs(f - fi) <= reach]
+        if not near:
+            return []
+        near = min(near, key=lambda f: (abs(f - fi), f))
+        other = nxt if near == prev else prev
+        tracks = {}
+        if other is not None:
+            tracks = {q.track_id: q for q in frames[other].people if q.track_id >= 0}
+        out = []
+        for person in frames[near].people:
+            box = np.asarray(person.bbox, np.float32)
+            twin = tracks.get(person.track_id) if person.track_id >= 0 else None
+            if twin is not None:
+                w = (fi - near) / (other - near)
+                box = (1 - w) * box + w * np.asarray(twin.bbox, np.float32)
+            kpts = np.zeros_like(np.asarray(person.keypoints, np.float32))
+            out.append(dataclasses.replace(person, keypoints=kpts, bbox=box))
+        return out
+
+    def unlabeled_people(vi: int, fi: int) -> Sequence[Person]:
+        return [] if (vi, fi) in labeled else people_of(vi, fi)
+
+    return _collect(dataset, unlabeled_people, frames="all", require_labeled_joint=False)
+
+
+def _concat_records(*parts: _Records) -> _Records:
+    fields = [f.name for f in dataclasses.fields(_Records)]
+    return _Records(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in fields})
+
+
 def steps_per_epoch(dataset: VideoDataset, config: PipelineConfig) -> int:
     """Global batches per epoch of training records (the stream runs on across epochs)."""
     return len(train_records(dataset)) // config.batch_size
@@ -561,7 +611,11 @@ class _TrainSource:
                 img_b = _read_bgr(self.table.path(v, fb), f"{where}, frame B {fb}")
             crops.append(_crop_rgb(img_b, m, cfg.image_size))
         joints, target, weight = _crop_joints(kpts, m, aug.flip, cfg)
+        extra = {}
+        if cfg.unlabeled_reach > 0:
+            extra["a_labeled"] = np.bool_(np.any(kpts[:, 2] > 0))
         return {
+            **extra,
             "image": np.stack(crops),
             "target": target,
             "target_weight": weight,
@@ -843,6 +897,12 @@ def train_map_dataset(
     records = train_records(dataset)
     if len(records) == 0:
         raise ValueError("the data set has no labeled person to train on")
+    if config.unlabeled_reach > 0:
+        if not paired:
+            raise ValueError(
+                "PipelineConfig.unlabeled_reach > 0 makes frame pairs: it needs paired=True"
+            )
+        records = _concat_records(records, unlabeled_records(dataset, config.unlabeled_reach))
     source = _TrainSource(_FrameTable(dataset), records, config, paired)
     if config.num_epochs is None:
         num_batches = sys.maxsize // (2 * config.batch_size)

@@ -7,8 +7,9 @@ Both follow HRNet's ``lib/nms/nms.py`` and its COCO ``evaluate`` (also mmpose's)
   ``a`` the poses' areas and ``eps = np.spacing(1)``. With ``vis_thr`` only the joints whose
   score in *d* exceeds it count (HRNet writes ``list(vg > t) and list(vd > t)``, which Python
   evaluates to the second list: the kept pose's scores play no part).
-* Greedy NMS: take the highest score (``argsort`` reversed), drop every remaining pose whose
-  OKS with it is > ``thresh``, repeat. Soft NMS instead multiplies the remaining scores by
+* Greedy NMS: take the highest score (a stable ``argsort`` reversed: of equal scores the later
+  pose first, on every machine), drop every remaining pose whose OKS with it is > ``thresh``,
+  repeat. Soft NMS instead multiplies the remaining scores by
   ``exp(-oks^2 / thresh)`` and keeps at most ``max_dets`` poses.
 * Rescoring: person score = box score x the mean of the joint scores above ``vis_thr`` (0 when
   none is).
@@ -103,7 +104,7 @@ def oks_nms(
     keypoints = np.asarray(keypoints, np.float64)
     scores = np.asarray(scores, np.float64).reshape(-1)
     areas = np.asarray(areas, np.float64).reshape(-1)
-    order = scores.argsort()[::-1]
+    order = scores.argsort(kind="stable")[::-1]
     keep = []
     while order.size > 0:
         i = order[0]
@@ -130,7 +131,7 @@ def soft_oks_nms(
     keypoints = np.asarray(keypoints, np.float64)
     scores = np.asarray(scores, np.float64).reshape(-1)
     areas = np.asarray(areas, np.float64).reshape(-1)
-    order = scores.argsort()[::-1]
+    order = scores.argsort(kind="stable")[::-1]
     scores = scores[order]
     keep: list[int] = []
     while order.size > 0 and len(keep) < max_dets:
@@ -139,7 +140,7 @@ def soft_oks_nms(
             keypoints[i], keypoints[order[1:]], areas[i], areas[order[1:]], sigmas, vis_thr
         )
         order, scores = order[1:], scores[1:] * np.exp(-(ovr**2) / thresh)
-        resort = scores.argsort()[::-1]
+        resort = scores.argsort(kind="stable")[::-1]
         order, scores = order[resort], scores[resort]
         keep.append(int(i))
     return keep

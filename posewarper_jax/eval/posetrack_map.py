@@ -26,9 +26,13 @@ The rules, as poseval applies them (``eval_helpers.py``: ``load_data_dir``, ``cl
   false positive on every joint it has; an assigned one is a true positive on the joints that
   match, a false positive on the others (including joints the ground truth lacks).
 * Per joint, all predicted joints of the data set are ranked by score (``np.argsort`` of the
-  frame-ordered scores, reversed, exactly as poseval does, so ties break the same way for the
-  same frame order), precision and recall (over all ground-truth joints) are computed along
-  the ranking and the AP is the VOC area under the precision made monotone.
+  frame-ordered scores, reversed, as poseval does), precision and recall (over all
+  ground-truth joints) are computed along the ranking and the AP is the VOC area under the
+  precision made monotone. Ties: poseval's default ``argsort`` is not stable, and NumPy's
+  SIMD sorts order equal scores differently on different CPUs (AVX-512 or not), so
+  poseval's AP of tied scores depends on the machine. Here the sort is stable: equal scores
+  rank in reverse frame order (the later entry first, as NumPy's default gives on short
+  arrays), the same on every machine; untied scores rank exactly as in poseval.
 * Degenerate joints, as in poseval: no predicted joint at all gives AP 0; predictions but no
   ground truth give NaN. Total is the mean of the non-NaN joint APs; the Head, Shoulder, ...
   columns are plain means (NaN if one of their joints is NaN).
@@ -331,8 +335,9 @@ def precision_recall(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Precision and recall along the ranking by decreasing score (poseval's ``computeRPC``).
 
-    The order is ``np.argsort(scores)[::-1]`` (poseval's, ties included). With ``n_gt == 0``
-    the recall is NaN (poseval divides by zero).
+    The order is ``np.argsort(scores, kind="stable")[::-1]``: poseval's for untied scores,
+    and equal scores in reverse input order on every machine (see the module docstring).
+    With ``n_gt == 0`` the recall is NaN (poseval divides by zero).
 
     Args:
       scores: float ``[N]``; labels: ``[N]`` 1/True for a true positive; n_gt: number of
@@ -345,7 +350,7 @@ def precision_recall(
     labels = np.asarray(labels).reshape(-1)
     if scores.shape != labels.shape:
         raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ in length")
-    order = scores.argsort()[::-1]
+    order = scores.argsort(kind="stable")[::-1]
     tp = np.cumsum(labels[order] == 1).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         recall = tp / np.float64(n_gt)

@@ -9,9 +9,10 @@ the scores out:
 * ``map``: ``posetrack_map.posetrack_map`` of the predictions as they are.
 * ``map_constant_scores``: the same with every predicted joint's score set to 1
   (``constant_scores``), i.e. what poseval reports on the same files with all scores equal.
-  With every score tied, poseval's ranking is its ``np.argsort`` order reversed (NumPy keeps
-  the input order for equal keys, so the last frame's joints come first): an order unrelated
-  to correctness, so this AP is close to precision × recall of the whole prediction set. A
+  With every score tied, the ranking is the input order reversed (the last frame's joints
+  first; ``posetrack_map.precision_recall`` sorts stably, the same on every machine): an
+  order unrelated to correctness, so this AP is close to precision × recall of the whole
+  prediction set. A
   method whose scores are already constant scores the same in both views.
 * ``pckh``: PCKh@0.5, no scores at all (``pckh_metrics``). For each frame with ground-truth
   people (the frames poseval scores), ground-truth and predicted joints inside an ignore
