@@ -198,6 +198,11 @@ def get_config(arg=None):
     # names halves them into dev and test). The report scores "test"; settings, ablations and
     # diagnostics are chosen on "dev" (--config.eval.split=dev); "all": every video.
     c.eval.split = "test"
+    # PoseWarper propagation: "chained" carries the labels frame by frame (A -> A+1 -> ... ->
+    # B, as the Farneback baseline chains its flows), "direct" warps A onto B in one step
+    # (the paper's). Chosen on `dev` (README, "Choices made on dev"); the augmentation's
+    # pseudo labels keep the direct warp (their min_confidence is a direct map maximum).
+    c.eval.propagation_path = "chained"
 
     # ------------------------------------------------------------------ augmentation
     c.augment = mlc.ConfigDict()
@@ -215,6 +220,7 @@ def get_config(arg=None):
         c.input.target_encoding = "integer"
         c.eval.decoding = "quarter"
         c.eval.flip_test = False
+        c.eval.propagation_path = "direct"
         c.stage1 = stage(epochs=10, lr=1e-4, lr_steps=(5, 7), batch_size=64)
         c.stage2 = stage(epochs=20, lr=1e-4, lr_steps=(10, 15), batch_size=64)
         c.pretrain.batch_size = 64

@@ -153,6 +153,7 @@ def settings(config: mlc.ConfigDict, *, check: bool = True) -> Settings:
             flip_test=bool(e.get("flip_test", False)),
             decoding=decoding,
             split=eval_split(config),
+            propagation_path=str(e.get("propagation_path", "direct")),
         ),
         augment=AugmentSettings(
             deltas=tuple(int(v) for v in a.deltas),
@@ -274,6 +275,11 @@ def validate(config: mlc.ConfigDict) -> None:
     target = config.stage2.get("target", "ground_truth")
     if target not in STAGE2_TARGETS:
         _fail("stage2.target", target, f"must be one of {STAGE2_TARGETS}")
+    from posewarper_jax.apps.propagation import PATHS as PROPAGATION_PATHS
+
+    path = config.eval.get("propagation_path", "direct")
+    if path not in PROPAGATION_PATHS:
+        _fail("eval.propagation_path", path, f"must be one of {PROPAGATION_PATHS}")
     reach = config.stage2.get("unlabeled_reach", 0)
     if not isinstance(reach, int) or reach < 0:
         _fail("stage2.unlabeled_reach", reach, "must be an integer >= 0")

@@ -590,7 +590,8 @@ def propagation_phase(settings: Settings, workdir: str, out: Outputs) -> Outputs
     )
     prop = propagation_eval.methods(
         setting, model=out["model"], hrnet=out["stage1"], posewarper=out["stage2"],
-        pipe_cfg=out["eval_cfg"], bad_image_log=out["bad_log"], **_predict_kwargs(settings, out),
+        pipe_cfg=out["eval_cfg"], bad_image_log=out["bad_log"],
+        path=settings.eval.propagation_path, **_predict_kwargs(settings, out),
     )  # fmt: skip
     views: dict[str, Any] = {}
     for name in PROPAGATION:

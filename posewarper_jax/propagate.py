@@ -8,11 +8,13 @@ its frames (COCO keypoints, PoseTrack18 or CVAT's COCO Keypoints 1.0 export, as
 ``python -m posewarper_jax.label`` prepares them; ``data.user_labels``) and the trained model
 of a main-job workdir (stage 2, ``apps.trained``), and propagates the labels to every frame
 within ``--reach`` of a labeled frame, from both sides blended (``--no-blend``: the nearest
-side only), with the main job's propagation (``apps.dense_labels.propagate_video``, which
-calls ``apps.propagation``). Each person's crop box travels with the pose (``--boxes
-carry``, the default: no detector, no ground truth), stays the labeled box (``source``), or
-comes from a file of people boxes with track ids (``--boxes FILE``, e.g. the full ground
-truth: the main job's setting). Track ids are the labels'.
+side only), frame by frame or in one warp (``--path``, default the run's
+``eval.propagation_path``), with the main job's propagation
+(``apps.dense_labels.propagate_video``, which calls ``apps.propagation``). Each person's
+crop box travels with the pose (``--boxes carry``, the default: no detector, no ground
+truth), stays the labeled box (``source``), or comes from a file of people boxes with track
+ids (``--boxes FILE``, e.g. the full ground truth: the main job's setting). Track ids are
+the labels'.
 
 Writes into ``--out`` (staged, then moved in: a failed run leaves it as it was):
 
@@ -66,6 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "run's eval.propagation_reach, 3 by default)"
     )  # fmt: skip
     parser.add_argument("--no-blend", action="store_true", help="nearest labeled frame only")
+    parser.add_argument(
+        "--path", default=None, choices=("chained", "direct"), help="chained: frame by frame, "
+        "direct: one warp from the labeled frame (default: the run's eval.propagation_path)"
+    )  # fmt: skip
     parser.add_argument(
         "--boxes", default="carry", help="carry (the box follows the propagated pose), "
         "source (the labeled box) or a COCO/PoseTrack18 file of boxes with track ids"
@@ -128,6 +134,7 @@ def run(args: argparse.Namespace) -> dict:
     overrides = {} if args.batch_size is None else {"batch_size": int(args.batch_size)}
     pipe_cfg = model.pipeline_config(**overrides)
     decoding = experiment.heatmap_coding(config)[1]
+    path = args.path or str(config.eval.get("propagation_path", "direct"))
 
     with tempfile.TemporaryDirectory(prefix="posewarper_frames_") as scratch:
         paths, root = frames_on_disk(source, scratch)
@@ -149,6 +156,7 @@ def run(args: argparse.Namespace) -> dict:
             boxes=boxes,
             flip_test=flip,
             decoding=decoding,
+            path=path,
         )
         dense = dense_labels.dense_dataset(labeled, predicted)
         video, lvideo = dense.videos[0], labeled.videos[0]
@@ -162,6 +170,7 @@ def run(args: argparse.Namespace) -> dict:
             "checkpoint": os.path.abspath(args.checkpoint),
             "reach": reach,
             "blend": not args.no_blend,
+            "path": path,
             "boxes": os.path.abspath(args.boxes) if boxes_file else args.boxes,
             "flip_test": flip,
             "relabel_threshold": args.relabel_threshold,

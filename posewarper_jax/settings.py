@@ -125,6 +125,7 @@ class EvalSettings:
     flip_test: bool
     decoding: str
     split: str
+    propagation_path: str = "direct"
 
 
 @dataclasses.dataclass(frozen=True)

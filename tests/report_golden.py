@@ -20,7 +20,9 @@ on one or more machines, each recording with the machine it ran on (``recordings
 ``POSEWARPER_RECORD_REPORT=1`` writes this machine's recording from the report of this run
 instead (replacing its earlier one, keeping the other machines'): do that only with a code
 version whose behaviour is the reference, and where the behaviour changed on purpose, delete
-the file first, so that no other machine keeps a recording of the old behaviour.
+the file first, so that no other machine keeps a recording of the old behaviour. (Values that
+a change moved, and that every recording held equal before it, may be carried over to the
+other recordings instead; the change of the propagation path did that.)
 """
 
 from __future__ import annotations

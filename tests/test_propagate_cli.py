@@ -185,9 +185,9 @@ def synthetic(tmp_path_factory):
 def test_cli_scores_equal_the_main_jobs_propagation(synthetic, tmp_path, capsys):
     """The main job's propagation of the validation video (its setting,
     ``propagation_eval.held_out``: every 3rd frame kept, reach 3, each frame cut with its
-    nearest label's box, flip test) scored with poseval's mAP equals the command's output
-    for the same settings (``--boxes source``), read from its files and scored by
-    ``evaluate``."""
+    nearest label's box, flip test, the run's path) scored with poseval's mAP equals the
+    command's output for the same settings (``--boxes source``), read from its files and
+    scored by ``evaluate``."""
     root, config, workdir = synthetic
     val = experiment.load_split(config, "val")
     setting = propagation_eval.held_out(val, every_k=3, seed=int(config.sparse.seed), reach=3)
@@ -196,8 +196,9 @@ def test_cli_scores_equal_the_main_jobs_propagation(synthetic, tmp_path, capsys)
     job_pred = propagation.propagate_labels(
         model.model, model.variables, val_sparse, pipe_cfg=experiment.pipeline_config(config,
         "eval"), plan=setting.plan, flip_test=True,
-        decoding=experiment.heatmap_coding(config)[1],
+        decoding=experiment.heatmap_coding(config)[1], path=config.eval.propagation_path,
     )  # fmt: skip
+    assert config.eval.propagation_path == "chained"
     job_table = posetrack_map(val_held, propagation.select_videos(job_pred, val_held))
 
     (video,) = val.videos

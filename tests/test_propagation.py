@@ -15,6 +15,7 @@ import importlib.util
 import os
 
 import cv2
+import jax
 import numpy as np
 import pytest
 from conftest import curve_person
@@ -333,6 +334,71 @@ def test_blend_weighs_sources_by_inverse_distance(model_and_variables, tmp_path)
         np.testing.assert_allclose(person.keypoint_scores[5], 1.0, atol=1e-6)
         np.testing.assert_allclose(person.keypoints[5, :2], quantised(k3[:, :2], box)[5], atol=1e-3)
         assert np.flatnonzero(person.keypoints[:, 2]).tolist() == [0, 5]
+
+
+def test_chained_path_with_the_identity_head_equals_the_direct_one(model_and_variables, tmp_path):
+    """``path="chained"``: with the identity head each step re-renders the decoded pose where
+    it was (HRNet's coding and decoding: exactly on the pixel), so the chain of the farther
+    source (frame 3 -> 2 -> 1) and the blend give the direct path's poses and scores
+    (1e-3 px, 1e-6)."""
+    model, variables = model_and_variables
+    full, labeled = _two_source_video(str(tmp_path))
+    plan = propagation.plan_propagation(labeled, boxes=full, blend=True)
+    assert sorted(np.abs(plan.delta).ravel().tolist()) == [1, 1, 2, 2]
+    kw = dict(pipe_cfg=PIPE)
+    direct = propagation.propagate_plan(model, variables, labeled, plan, **kw)
+    chained = propagation.propagate_plan(model, variables, labeled, plan, path="chained", **kw)
+    assert chained.done.all()
+    np.testing.assert_array_equal(chained.present, direct.present)
+    np.testing.assert_allclose(chained.xy, direct.xy, atol=1e-3)
+    np.testing.assert_allclose(chained.scores, direct.scores, atol=1e-6)
+    with pytest.raises(ValueError, match="path"):
+        propagation.propagate_plan(model, variables, labeled, plan, path="hops", **kw)
+
+
+def test_chained_path_is_one_warp_per_frame(model_and_variables, video):
+    """A head moved off the identity: each row of the chained path equals its chain of
+    one-frame direct propagations, built here row by row (A -> A +- 1 -> ... -> B, the
+    decoded pose re-rendered at each step), its score the product of the steps' maxima
+    (1e-4 px, rtol 1e-5); the direct path gives other poses at |δ| >= 2 and the same at 1."""
+    model, variables = model_and_variables
+    variables = copy.deepcopy(variables)
+    full, labeled = video
+    plan = propagation.plan_propagation(labeled, reach=3)
+    # The initial HRNet's heatmaps are ~1e-11 (so ψ ~ 0): its final layer scaled to unit std.
+    image = next(iter(pl.pair_dataset(labeled, plan, PIPE)))["image"]
+    std = float(np.std(model.apply(variables, image, method="heatmaps")))
+    backbone = variables["params"]["backbone"]
+    final = jax.tree.map(lambda x: x / std, backbone["final_layer"])
+    variables["params"]["backbone"] = {**backbone, "final_layer": final}
+    leaves, tree = jax.tree.flatten(variables["params"]["head"])
+    rng = np.random.default_rng(3)
+    moved = [x + 0.05 * rng.standard_normal(x.shape).astype(x.dtype) for x in leaves]
+    variables["params"]["head"] = jax.tree.unflatten(tree, moved)
+    kw = dict(pipe_cfg=PIPE, decoding="dark")
+    chained = propagation.propagate_plan(model, variables, labeled, plan, path="chained", **kw)
+    direct = propagation.propagate_plan(model, variables, labeled, plan, **kw)
+    far = np.abs(plan.delta[:, 0]) >= 2
+    assert far.sum() >= 8 and (~far).sum() >= 4
+    for r in range(len(plan)):
+        d = int(plan.delta[r, 0])
+        kpts = plan.source_keypoints[r, 0].copy()
+        frame, score = int(plan.source_frame[r, 0]), np.ones(NUM_JOINTS)
+        for _ in range(abs(d)):
+            one = propagation.keep_rows(plan, np.arange(len(plan)) == r)
+            one.frame = np.array([frame + np.sign(d)], np.int32)
+            one.source_frame = np.array([[frame]], np.int32)
+            one.source_keypoints = kpts[None, None]
+            res = propagation.propagate_plan(model, variables, labeled, one, **kw)
+            kpts = np.concatenate([res.xy[0], res.present[0][:, None]], axis=1)
+            score = score * res.scores[0]
+            frame += int(np.sign(d))
+        has = res.present[0]
+        np.testing.assert_array_equal(chained.present[r], has)
+        np.testing.assert_allclose(chained.xy[r][has], res.xy[0][has], atol=1e-4)
+        np.testing.assert_allclose(chained.scores[r], score, rtol=1e-5, atol=1e-7)
+    assert np.abs(chained.xy[far] - direct.xy[far]).max() > 0.1
+    np.testing.assert_allclose(chained.xy[~far], direct.xy[~far], atol=1e-4)
 
 
 def test_pair_batches_layout(video):

@@ -145,6 +145,7 @@ def propagate_video(
     min_box_score: float = 0.2,
     min_box_joints: int = 3,
     decoding: str = "quarter",
+    path: str = "direct",
 ) -> VideoDataset:
     """The labels of ``labeled`` propagated to every unlabeled frame within ``reach``.
 
@@ -158,6 +159,8 @@ def propagate_video(
       flip_test: average with the mirrored pair (``inference.flip_batch``).
       min_box_score, min_box_joints: ``carry_box``'s thresholds.
       decoding: "quarter" or "dark", the warped maps' decoding.
+      path: "direct" or "chained" (``propagation.PATHS``; the steps of a chain are cut with
+        the target frame's crop box).
 
     Returns:
       Predictions shaped like ``labeled`` (``propagation.predictions_from_plan``): the
@@ -165,7 +168,7 @@ def propagate_video(
       warped heatmap maximum, the track id, ``bbox`` = the crop box); labeled frames have no
       people here (``dense_dataset`` adds the labels).
     """
-    run = dict(pipe_cfg=pipe_cfg, mesh=mesh, flip_test=flip_test, decoding=decoding)
+    run = dict(pipe_cfg=pipe_cfg, mesh=mesh, flip_test=flip_test, decoding=decoding, path=path)
     if isinstance(boxes, VideoDataset) or boxes == "source":
         target = boxes if isinstance(boxes, VideoDataset) else None
         plan = propagation.plan_propagation(labeled, boxes=target, reach=reach, blend=blend)

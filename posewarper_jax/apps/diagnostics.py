@@ -17,7 +17,8 @@ split and its video names (``"evaluation"``). The split is ``dev`` unless asked 
   ground truth on purpose: it is a bound, not a method.
 * ``identity_warp``: the untrained head carries A's ground truth through the heatmaps without
   any motion (≈ copying the nearest label; the difference is the heatmap round trip).
-* ``posewarper``: the trained head, as in the report.
+* ``posewarper``: the trained head, as in the report (its ``eval.propagation_path``, as
+  every row of the trained head).
 * ``posewarper_identity_kernel``: the trained offsets with every deformable kernel reset to
   the identity: the learned motion alone, without the kernels' mixing of joint channels.
 * ``posewarper_flip``: the trained head with flip test (mean of the pair and its mirror).
@@ -185,12 +186,15 @@ def run_diagnostics(
     flip_test: bool = False,
     log=print,
     decoding: str = "quarter",
+    path: str = "direct",
 ) -> dict[str, Any]:
     """All rows of the module docstring; returns ``{name: mAP table}`` plus ``by_delta``
     (``{str(|δ|): {"posewarper": table, "farneback": table, "people": n,
     "motion_recovered": {"posewarper": ..., "farneback": ...}}}``, see
     ``motion_recovered``); ``flip_test`` is PoseWarper's setting in ``by_delta``; every
-    propagation decodes its warped maps with ``decoding`` ("quarter" or "dark")."""
+    propagation decodes its warped maps with ``decoding`` ("quarter" or "dark"); the trained
+    head's rows propagate along ``path`` (the run's ``eval.propagation_path``), the two
+    bounds in one warp."""
     from posewarper_jax.apps import propagation_eval
 
     setting = propagation_eval.held_out(val, every_k=every_k, seed=seed, reach=reach)
@@ -217,11 +221,11 @@ def run_diagnostics(
 
     out["heatmap_ceiling"] = row("heatmap_ceiling", prop(initial, ceiling_plan(plan, val)))
     out["identity_warp"] = row("identity_warp", prop(initial))
-    out["posewarper"] = row("posewarper", prop(trained))
+    out["posewarper"] = row("posewarper", prop(trained, path=path))
     out["posewarper_identity_kernel"] = row(
-        "posewarper_identity_kernel", prop(identity_kernels(trained))
+        "posewarper_identity_kernel", prop(identity_kernels(trained), path=path)
     )
-    out["posewarper_flip"] = row("posewarper_flip", prop(trained, flip_test=True))
+    out["posewarper_flip"] = row("posewarper_flip", prop(trained, flip_test=True, path=path))
     out["by_delta"] = {}
     for delta in range(1, reach + 1):
         keep, gt = frames_at_delta(plan, held, delta)
@@ -229,7 +233,7 @@ def run_diagnostics(
             continue
         sub = propagation.keep_rows(plan, keep)
         entry = {"people": int(keep.sum())}
-        pw = prop(trained, sub, flip_test=flip_test)
+        pw = prop(trained, sub, flip_test=flip_test, path=path)
         entry["posewarper"] = row(f"posewarper |δ|={delta}", pw, gt)
         fb = propagation.select_videos(baselines.farneback(labeled, plan=sub), held)
         entry["farneback"] = row(f"farneback |δ|={delta}", fb, gt)
@@ -293,6 +297,7 @@ def _diagnose(settings, workdir: str, split: str) -> None:  # pragma: no cover -
         mesh=mesh,
         flip_test=settings.eval.flip_test,
         decoding=settings.eval.decoding,
+        path=settings.eval.propagation_path,
     )
     out["evaluation"] = {
         "split": split,

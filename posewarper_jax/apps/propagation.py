@@ -34,6 +34,16 @@ mapped back to B's image pixels; the Gaussians follow ``pipe_cfg.target_encoding
 warped heatmap maximum × presence (1 if the joint is labeled in a source and its Gaussian lies
 on the heatmap, else 0: such joints stay unlabeled, score 0); person score 1.
 
+Path (``path``). "direct" (the paper's): each source's maps are warped onto B in one step,
+ψ = f_B − f_A however far A is. "chained": as the Farneback baseline chains its flows, each
+source's pose is carried one frame at a time, A → A ± 1 → ... → B: every step is a direct
+propagation from the previous frame (cut with the row's crop), its decoded pose rendered
+again as the next step's maps; the last step blends the sources as the direct path does.
+A joint's score is then the last step's map maximum times the product of the earlier steps'
+maxima (with two sources, their products averaged with the blend's weights). At |δ| = 1 the
+two paths are the same. The warping head trains on pairs at most ``support_range`` apart;
+the chain asks it for one-frame motions only.
+
 Pair batches (``pair_batches``, cut by ``data.pipeline.pair_map_dataset``): a Grain
 ``MapDataset`` over the plan's rows, padded to the static ``PipelineConfig.batch_size`` with
 ``mask`` and read by threads; a batch is::
@@ -74,6 +84,7 @@ from posewarper_jax.data.types import NUM_JOINTS, Frame, Person, Video, VideoDat
 
 __all__ = [
     "DEFAULT_REACH",
+    "PATHS",
     "PropagationPlan",
     "PropagationResult",
     "gather_rows",
@@ -90,6 +101,8 @@ __all__ = [
 ]
 
 DEFAULT_REACH = 3
+# How a source's labels reach B: in one warp (the paper's) or frame by frame.
+PATHS = ("direct", "chained")
 _DEVICE_KEYS = ("image", "frame_valid", "target", "target_weight", "source_weight")
 
 
@@ -525,13 +538,23 @@ def propagate_plan(
     mesh: Mesh | None = None,
     flip_test: bool = False,
     decoding: str = "quarter",
+    path: str = "direct",
 ) -> PropagationResult:
     """Runs PoseWarper propagation on every row of ``plan`` (sharded over ``mesh``); the
-    warped maps are decoded with ``decoding`` (``inference.predict``).
+    warped maps are decoded with ``decoding`` (``inference.predict``). ``path``: "direct"
+    (one warp from each source A to B, the paper's) or "chained" (frame by frame,
+    ``PATHS``; module docstring).
 
     With several processes each reads its rows of every batch and the results are gathered,
     so every process returns all rows.
     """
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if path == "chained":
+        return _propagate_chained(
+            model, variables, labeled, plan, pipe_cfg=pipe_cfg, mesh=mesh,
+            flip_test=flip_test, decoding=decoding,
+        )  # fmt: skip
     cfg = _check_pipe_cfg(pipe_cfg)
     n = len(plan)
     xy = np.zeros((n, NUM_JOINTS, 2), np.float32)
@@ -569,6 +592,67 @@ def propagate_plan(
     return PropagationResult(xy=xy, maxvals=maxvals, present=present, done=done)
 
 
+def _with_sources(
+    plan: PropagationPlan, rows: np.ndarray, frame: np.ndarray, sources: np.ndarray,
+    keypoints: np.ndarray, weight: np.ndarray,
+) -> PropagationPlan:  # fmt: skip
+    """Rows ``rows`` of ``plan`` with target ``frame`` and sources ``sources`` [R, S'] holding
+    ``keypoints`` [R, S', J, 3] with weights ``weight`` [R, S'] (box, track, person kept)."""
+    return PropagationPlan(
+        video_names=list(plan.video_names),
+        video=plan.video[rows],
+        frame=np.asarray(frame, np.int32),
+        person=plan.person[rows],
+        track_id=plan.track_id[rows],
+        box=plan.box[rows],
+        source_frame=np.asarray(sources, np.int32),
+        source_person=plan.source_person[rows],
+        source_keypoints=np.asarray(keypoints, np.float32),
+        source_weight=np.asarray(weight, np.float32),
+    )
+
+
+def _propagate_chained(
+    model, variables, labeled: VideoDataset, plan: PropagationPlan, **kwargs
+) -> PropagationResult:
+    """``propagate_plan(..., path="chained")``: each source's pose is carried one frame at a
+    time (a direct propagation per step, the decoded pose rendered again as the next step's
+    maps) to the frame next to B on its side; the last step is ``plan``'s own propagation
+    from those frames (sources blended as in the direct path). Joint score = the last step's
+    map maximum × the earlier steps' maxima multiplied along each source's chain (averaged
+    over the sources with the blend's weights)."""
+    n, s = len(plan), plan.num_sources
+    delta = plan.delta  # [N, S], 0 where no source
+    step = np.sign(delta)
+    kpts = plan.source_keypoints.copy()  # [N, S, J, 3], carried along
+    at = plan.source_frame.copy()  # [N, S] where each source's chain stands
+    prior = np.ones((n, s, NUM_JOINTS), np.float32)  # product of the earlier steps' maxima
+    done = np.ones(n, bool)
+    for hop in range(1, int(np.abs(delta).max(initial=0))):
+        for k in range(s):
+            rows = np.flatnonzero((plan.source_frame[:, k] >= 0) & (np.abs(delta[:, k]) > hop))
+            if not len(rows):
+                continue
+            nxt = at[rows, k] + step[rows, k]
+            one = np.ones((len(rows), 1), np.float32)
+            sub = _with_sources(plan, rows, nxt, at[rows, k][:, None], kpts[rows, k][:, None], one)
+            res = propagate_plan(model, variables, labeled, sub, **kwargs)
+            kpts[rows, k, :, :2] = res.xy
+            kpts[rows, k, :, 2] = res.present
+            prior[rows, k] *= np.where(res.present, res.maxvals, 0.0)
+            at[rows, k] = nxt
+            done[rows] &= res.done
+    last = _with_sources(plan, np.arange(n), plan.frame, at, kpts, plan.source_weight)
+    res = propagate_plan(model, variables, labeled, last, **kwargs)
+    # The last step's sources as propagation_fn blends them: weight x presence, renormalised.
+    w = plan.source_weight[:, :, None] * (kpts[:, :, :, 2] > 0)  # [N, S, J]
+    w = w / np.maximum(w.sum(axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    maxvals = res.maxvals * np.sum(w * prior, axis=1)
+    done &= res.done
+    present = res.present & done[:, None]
+    return PropagationResult(xy=res.xy, maxvals=maxvals, present=present, done=done)
+
+
 def gather_rows(done: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     """Combines per-row results that each process filled for its own rows only.
 
@@ -601,6 +685,7 @@ def propagate_labels(
     flip_test: bool = False,
     plan: PropagationPlan | None = None,
     decoding: str = "quarter",
+    path: str = "direct",
 ) -> VideoDataset:
     """PoseWarper's video pose propagation (module docstring) for every unlabeled frame
     within ``reach`` of a labeled frame.
@@ -619,6 +704,8 @@ def propagate_labels(
         not used.
       decoding: "quarter" (HRNet's quarter-pixel step) or "dark" (sub-pixel), the decoding of
         the warped maps (``ops.heatmaps.decode_heatmaps``).
+      path: "direct" (one warp A -> B, the paper's) or "chained" (frame by frame; module
+        docstring).
 
     Returns:
       Predictions shaped like ``labeled`` (``predictions_from_plan``): keypoints in B's image
@@ -630,7 +717,7 @@ def propagate_labels(
         plan = plan_propagation(labeled, boxes=boxes, reach=reach, blend=blend)
     res = propagate_plan(
         model, variables, labeled, plan, pipe_cfg=pipe_cfg, mesh=mesh, flip_test=flip_test,
-        decoding=decoding,
+        decoding=decoding, path=path,
     )  # fmt: skip
     return predictions_from_plan(labeled, keep_rows(plan, res.done), *_kept(res))
 

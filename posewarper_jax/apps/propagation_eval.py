@@ -68,6 +68,7 @@ def methods(
     flip_test: bool = False,
     bad_image_log: str = "",
     decoding: str = "quarter",
+    path: str = "direct",
 ) -> dict[str, Callable[[], VideoDataset]]:
     """Name -> a function computing that method's predictions on ``setting.plan``, reduced to
     the videos of ``setting.held_back`` (``propagation.select_videos``).
@@ -78,12 +79,13 @@ def methods(
       pipe_cfg, mesh, flip_test: the evaluation's crops, mesh and flip test.
       bad_image_log: ``data.skip_bad_images``' log ("" : a bad image is an error).
       decoding: the heatmap decoding of the two networks' methods ("quarter" or "dark").
+      path: PoseWarper's propagation path, "direct" or "chained" (``propagation.PATHS``).
     """
     s = setting
     fns: dict[str, Callable[[], VideoDataset]] = {
         "posewarper": lambda: propagation.propagate_labels(
             model, posewarper, s.labeled, pipe_cfg=pipe_cfg, mesh=mesh, plan=s.plan,
-            flip_test=flip_test, decoding=decoding,
+            flip_test=flip_test, decoding=decoding, path=path,
         ),
         "copy_nearest": lambda: baselines.copy_nearest(s.labeled, plan=s.plan),
         "farneback": lambda: baselines.farneback(
