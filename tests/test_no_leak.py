@@ -107,9 +107,15 @@ def test_held_back_boxes_and_track_ids_change_no_prediction(model_and_variables,
             s, model=model, hrnet=variables, posewarper=variables, pipe_cfg=PIPE
         )
         preds[name] = {method: fn() for method, fn in fns.items()}
-    assert list(preds["present"]) == list(propagation_eval.METHODS)
+        # PoseWarper's chained path reads the frames in between as well: still no held-back
+        # box or track id.
+        chained = propagation_eval.methods(
+            s, model=model, hrnet=variables, posewarper=variables, pipe_cfg=PIPE, path="chained"
+        )["posewarper"]
+        preds[name]["posewarper_chained"] = chained()
+    assert list(preds["present"]) == [*propagation_eval.METHODS, "posewarper_chained"]
     for name in settings:
-        for method in propagation_eval.METHODS:
+        for method in preds["present"]:
             _assert_same(preds["present"][method], preds[name][method], (name, method))
     # Each method predicts A's people, with A's track ids, in A's box.
     plan = base.plan
