@@ -431,6 +431,7 @@ def test_stage2_pairs_with_unlabeled_a_take_the_backbones_maps(data_root):
         ("data.synthetic_preset", "huge", "data.synthetic_preset"),
         ("stage2.target", "labels", "stage2.target"),
         ("stage2.unlabeled_reach", -1, "stage2.unlabeled_reach"),
+        ("eval.propagation_path", "hops", "eval.propagation_path"),
         ("pretrain.data", "imagenet", "pretrain.data"),
         ("input.target_encoding", "rounded", "input.target_encoding"),
         ("eval.decoding", "softargmax", "eval.decoding"),
@@ -534,6 +535,16 @@ def test_variants_choose_where_hrnet_starts(tmp_path):
     # The smoke test keeps its tiny data sets apart from the default's.
     smoke = module.get_config("runlocal")
     assert experiment.pretrain_root(smoke) == "data/synthetic_tiny_stills"
+
+
+def test_propagation_path_is_chained_by_default_and_direct_for_the_paper():
+    module = _config_module()
+    for arg, path in (("", "chained"), ("runlocal", "chained"), ("gpu", "chained"),
+                      ("paper", "direct")):  # fmt: skip
+        c = module.get_config(arg or None)
+        assert c.eval.propagation_path == path, arg
+        assert experiment.settings(c, check=False).eval.propagation_path == path
+    assert module.get_config().stage2.unlabeled_reach == 0  # the paper's pairs
 
 
 def test_coco_keypoints_file_is_a_pretraining_set(tmp_path):
