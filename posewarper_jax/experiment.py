@@ -281,7 +281,7 @@ def validate(config: mlc.ConfigDict) -> None:
     if path not in PROPAGATION_PATHS:
         _fail("eval.propagation_path", path, f"must be one of {PROPAGATION_PATHS}")
     reach = config.stage2.get("unlabeled_reach", 0)
-    if not isinstance(reach, int) or reach < 0:
+    if isinstance(reach, bool) or not isinstance(reach, int) or reach < 0:
         _fail("stage2.unlabeled_reach", reach, "must be an integer >= 0")
     if config.checkpoint_every <= 0:
         _fail("checkpoint_every", config.checkpoint_every, "must be > 0")

@@ -144,6 +144,17 @@ def test_frame_directory_gives_the_same_labels_and_carried_boxes(clip, tmp_path,
     assert re.search(r'"v_frames/000013\.jpg"', html)
 
 
+def test_path_choices_are_the_librarys():
+    """``--path`` lists its choices without importing JAX (a fast ``--help``): the same as
+    ``propagation.PATHS``; the default is the run's."""
+    base = ["--video", "v", "--labels", "l", "--checkpoint", "c", "--out", "o"]
+    assert propagate.parse_args(base).path is None
+    for path in propagation.PATHS:
+        assert propagate.parse_args([*base, "--path", path]).path == path
+    with pytest.raises(SystemExit):
+        propagate.parse_args([*base, "--path", "hops"])
+
+
 def test_carry_box_follows_the_pose():
     src = np.zeros((17, 3), np.float32)
     src[:5] = [[10, 10, 1], [20, 10, 1], [30, 12, 1], [12, 40, 1], [0, 0, 0]]

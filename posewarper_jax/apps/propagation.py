@@ -592,26 +592,6 @@ def propagate_plan(
     return PropagationResult(xy=xy, maxvals=maxvals, present=present, done=done)
 
 
-def _with_sources(
-    plan: PropagationPlan, rows: np.ndarray, frame: np.ndarray, sources: np.ndarray,
-    keypoints: np.ndarray, weight: np.ndarray,
-) -> PropagationPlan:  # fmt: skip
-    """Rows ``rows`` of ``plan`` with target ``frame`` and sources ``sources`` [R, S'] holding
-    ``keypoints`` [R, S', J, 3] with weights ``weight`` [R, S'] (box, track, person kept)."""
-    return PropagationPlan(
-        video_names=list(plan.video_names),
-        video=plan.video[rows],
-        frame=np.asarray(frame, np.int32),
-        person=plan.person[rows],
-        track_id=plan.track_id[rows],
-        box=plan.box[rows],
-        source_frame=np.asarray(sources, np.int32),
-        source_person=plan.source_person[rows],
-        source_keypoints=np.asarray(keypoints, np.float32),
-        source_weight=np.asarray(weight, np.float32),
-    )
-
-
 def _propagate_chained(
     model, variables, labeled: VideoDataset, plan: PropagationPlan, **kwargs
 ) -> PropagationResult:
@@ -634,15 +614,23 @@ def _propagate_chained(
             if not len(rows):
                 continue
             nxt = at[rows, k] + step[rows, k]
-            one = np.ones((len(rows), 1), np.float32)
-            sub = _with_sources(plan, rows, nxt, at[rows, k][:, None], kpts[rows, k][:, None], one)
+            mask = np.zeros(n, bool)
+            mask[rows] = True  # rows ascend: the sub-plan keeps their order
+            sub = dataclasses.replace(
+                keep_rows(plan, mask),
+                frame=nxt.astype(np.int32),
+                source_frame=at[rows, k : k + 1].astype(np.int32),
+                source_person=plan.source_person[rows, k : k + 1],
+                source_keypoints=kpts[rows, k : k + 1],
+                source_weight=np.ones((len(rows), 1), np.float32),
+            )
             res = propagate_plan(model, variables, labeled, sub, **kwargs)
             kpts[rows, k, :, :2] = res.xy
             kpts[rows, k, :, 2] = res.present
             prior[rows, k] *= np.where(res.present, res.maxvals, 0.0)
             at[rows, k] = nxt
             done[rows] &= res.done
-    last = _with_sources(plan, np.arange(n), plan.frame, at, kpts, plan.source_weight)
+    last = dataclasses.replace(plan, source_frame=at.astype(np.int32), source_keypoints=kpts)
     res = propagate_plan(model, variables, labeled, last, **kwargs)
     # The last step's sources as propagation_fn blends them: weight x presence, renormalised.
     w = plan.source_weight[:, :, None] * (kpts[:, :, :, 2] > 0)  # [N, S, J]

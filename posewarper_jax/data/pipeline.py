@@ -65,6 +65,7 @@ through Orbax with Grain's handler::
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import logging
@@ -434,12 +435,17 @@ def unlabeled_records(dataset: VideoDataset, reach: int) -> _Records:
     over (linearly interpolated to the frame where the same track is labeled on both sides)
     and no labeled joint. Frames are within their video; ``person`` indexes the labeled
     frame's people."""
-    labeled = {(vi, fi) for vi, fi in dataset.labeled_frames()}
+    labeled: dict[int, list[int]] = collections.defaultdict(list)
+    for vi, fi in dataset.labeled_frames():  # in order
+        labeled[vi].append(fi)
 
-    def people_of(vi: int, fi: int) -> list[Person]:
-        frames = dataset.videos[vi].frames
-        prev = next((f for f in range(fi - 1, -1, -1) if (vi, f) in labeled), None)
-        nxt = next((f for f in range(fi + 1, len(frames)) if (vi, f) in labeled), None)
+    def unlabeled_people(vi: int, fi: int) -> list[Person]:
+        frames, marks = dataset.videos[vi].frames, labeled[vi]
+        at = bisect.bisect_left(marks, fi)
+        if at < len(marks) and marks[at] == fi:
+            return []  # a labeled frame
+        prev = marks[at - 1] if at > 0 else None
+        nxt = marks[at] if at < len(marks) else None
         near = [f for f in (prev, nxt) if f is not None and abs(f - fi) <= reach]
         if not near:
             return []
@@ -458,9 +464,6 @@ def unlabeled_records(dataset: VideoDataset, reach: int) -> _Records:
             kpts = np.zeros_like(np.asarray(person.keypoints, np.float32))
             out.append(dataclasses.replace(person, keypoints=kpts, bbox=box))
         return out
-
-    def unlabeled_people(vi: int, fi: int) -> Sequence[Person]:
-        return [] if (vi, fi) in labeled else people_of(vi, fi)
 
     return _collect(dataset, unlabeled_people, frames="all", require_labeled_joint=False)
 
