@@ -113,6 +113,9 @@ def get_config(arg=None):
     c.input.support_range = 2  # B drawn from [t_A - R, t_A + R]
     c.input.num_workers = 0  # Grain decoding processes (0: decode in the main process)
     c.input.read_threads = 2
+    # Decoded frames kept in memory per process (MiB; 0: decode every read): training and
+    # evaluation read the same frames many times.
+    c.input.frame_cache_mb = 1024
     c.input.flip_prob = 0.5
     c.input.rotation_factor = 45.0
     c.input.rotation_prob = 0.6

@@ -127,6 +127,7 @@ def settings(config: mlc.ConfigDict, *, check: bool = True) -> Settings:
             support_range=int(i.support_range),
             num_workers=int(i.num_workers),
             read_threads=int(i.read_threads),
+            frame_cache_mb=int(i.frame_cache_mb),
             flip_prob=float(i.flip_prob),
             rotation_factor=float(i.rotation_factor),
             rotation_prob=float(i.rotation_prob),
@@ -531,6 +532,7 @@ def pipeline_config(config: Config, use: str, **overrides) -> pipeline_lib.Pipel
         batch_size=batch,
         num_workers=i.num_workers,
         read_threads=i.read_threads,
+        frame_cache_mb=i.frame_cache_mb,
         seed=s.seed,
         skip_bad_images=s.data.skip_bad_images,
     )

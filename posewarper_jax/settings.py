@@ -57,6 +57,7 @@ class InputSettings:
     support_range: int
     num_workers: int
     read_threads: int
+    frame_cache_mb: int
     flip_prob: float
     rotation_factor: float
     rotation_prob: float

@@ -338,6 +338,41 @@ def test_gradients_follow_cuda_backward_at_edges(case):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_flat_gathers_match_numpy_reference_and_batched_gathers(monkeypatch, case):
+    """The single-device form (one table for the whole batch) against the NumPy forward and
+    backward, and against the batched form (the suite's 8 fake devices) to 1e-6."""
+    from posewarper_jax.ops import deform_conv as module
+
+    x, offsets, kernel, mask, kwargs, pad_hw = make_case(case, seed=12)
+    g = case[5]
+    m_in = (
+        mask
+        if mask is not None
+        else np.ones(offsets.shape[:3] + (g * case[6] * case[7],), np.float32)
+    )
+
+    def f(x_, off_, k_, m_):
+        return deform_conv2d(x_, off_, k_, mask=m_, **kwargs)
+
+    out_shape = jax.eval_shape(f, x, offsets, kernel, m_in).shape
+    gout = jnp.asarray(np.random.default_rng(13).normal(size=out_shape).astype(np.float32))
+    results = {}
+    for flat in (True, False):
+        monkeypatch.setattr(module, "_flat_gathers", lambda flat=flat: flat)
+        # A new function per form: jit's cache would otherwise keep the first trace.
+        results[flat] = jax.jit(lambda *a: jax.vjp(lambda *b: f(*b), *a))(x, offsets, kernel, m_in)
+        results[flat] = (results[flat][0], results[flat][1](gout))
+    out, grads = results[True]
+    want, _, _ = ref_forward(x, offsets, kernel, kwargs["dilation"], pad_hw, g, m_in)
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
+    refs = ref_backward(x, offsets, kernel, kwargs["dilation"], pad_hw, g, np.asarray(gout), m_in)
+    for got, ref in zip(grads, refs):
+        np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-4, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("case", CASES[1:])
 def test_finite_difference_gradients(case):
     """float64 finite differences (first order, both modes) for x, offsets, kernel, mask."""

@@ -93,7 +93,6 @@ logger = logging.getLogger(__name__)
 # Stream tags keep the shuffle and the per-record draws independent for equal seeds.
 _SHUFFLE_STREAM = 0
 _RECORD_STREAM = 1
-_PAIR_IMAGE_CACHE_SIZE = 32  # decoded frames kept per pair source (rows are sorted by frame)
 
 
 class BadImageError(ValueError, ExpectedError):
@@ -192,6 +191,9 @@ class PipelineConfig:
     batch_size: global batch size (split evenly across processes).
     num_workers: Grain worker processes for decoding; 0 decodes in this process.
     read_threads: threads per process preparing batches (cv2 releases the GIL).
+    frame_cache_mb: decoded frames kept in memory per process (MiB, least recently used
+      first out; 0: decode every read). The default holds every frame of the CPU default's
+      data set.
     prefetch_batches: batches buffered per process.
     seed: non-negative seed of all shuffling and augmentation.
     skip_bad_images: replace/skip records with missing or corrupt images (counted
@@ -217,6 +219,7 @@ class PipelineConfig:
     batch_size: int = 32
     num_workers: int = 0
     read_threads: int = 2
+    frame_cache_mb: int = 1024
     prefetch_batches: int = 2
     seed: int = 0
     skip_bad_images: bool = False
@@ -259,6 +262,12 @@ class PipelineConfig:
             bad("num_workers", self.num_workers, "must be >= 0")
         if self.read_threads < 0:
             bad("read_threads", self.read_threads, "must be >= 0")
+        if (
+            not isinstance(self.frame_cache_mb, int)
+            or isinstance(self.frame_cache_mb, bool)
+            or self.frame_cache_mb < 0
+        ):
+            bad("frame_cache_mb", self.frame_cache_mb, "must be an integer >= 0")
         if self.prefetch_batches < 0:
             bad("prefetch_batches", self.prefetch_batches, "must be >= 0")
         if not 0 <= self.seed < 2**63:
@@ -491,26 +500,53 @@ def _read_bgr(path: str, record: str) -> np.ndarray:
     return img
 
 
-class _ImageCache:
-    """A small thread-safe LRU of ``_read_bgr``'s frames (rows sorted by frame share reads)."""
+class _FrameCache:
+    """A thread-safe LRU of decoded frames (``_read_bgr``), bounded in bytes, one per
+    process (Grain workers have their own).
 
-    def __init__(self, size: int):
-        self.size = size
+    Training reads each labeled frame and its neighbours again every epoch, and an
+    evaluation window reads each frame once per person and per window that holds it; with
+    the cache each frame is decoded once while it fits. Frames are returned read-only;
+    callers crop from them. A frame that cannot be read is not kept (the error is raised
+    again on the next read).
+    """
+
+    def __init__(self):
         self._items: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, path: str, record: str) -> np.ndarray:
+    def get(self, path: str, record: str, limit_bytes: int) -> np.ndarray:
+        if limit_bytes <= 0:
+            return _read_bgr(path, record)
         with self._lock:
             img = self._items.get(path)
             if img is not None:
                 self._items.move_to_end(path)
                 return img
         img = _read_bgr(path, record)
+        img.flags.writeable = False
         with self._lock:
-            self._items[path] = img
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            if path not in self._items and img.nbytes <= limit_bytes:
+                self._items[path] = img
+                self._bytes += img.nbytes
+            while self._bytes > limit_bytes:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
         return img
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+_FRAMES = _FrameCache()
+
+
+def _frame(path: str, record: str, cfg: PipelineConfig) -> np.ndarray:
+    """The decoded BGR frame at ``path``, through the process's frame cache."""
+    return _FRAMES.get(path, record, cfg.frame_cache_mb << 20)
 
 
 def _skip_bad_image(err: BadImageError, cfg: PipelineConfig) -> None:
@@ -602,7 +638,7 @@ class _TrainSource:
 
         name = self.table.video_names[v]
         where = f"record (video {name!r}, frame {fa}, person {p})"
-        img_a = _read_bgr(self.table.path(v, fa), f"{where}, frame A {fa}")
+        img_a = _frame(self.table.path(v, fa), f"{where}, frame A {fa}", cfg)
         m = transforms.crop_transform(
             aug.center, aug.scale, aug.rotation, cfg.image_size,
             flip=aug.flip, image_width=img_a.shape[1],
@@ -611,7 +647,7 @@ class _TrainSource:
         if self.paired:
             img_b = img_a
             if fb != fa:
-                img_b = _read_bgr(self.table.path(v, fb), f"{where}, frame B {fb}")
+                img_b = _frame(self.table.path(v, fb), f"{where}, frame B {fb}", cfg)
             crops.append(_crop_rgb(img_b, m, cfg.image_size))
         joints, target, weight = _crop_joints(kpts, m, aug.flip, cfg)
         extra = {}
@@ -700,7 +736,7 @@ class _EvalSource:
             if fi not in crops:
                 try:
                     crops[fi] = _crop_rgb(
-                        _read_bgr(self.table.path(v, fi), f"{where}, window frame {fi}"),
+                        _frame(self.table.path(v, fi), f"{where}, window frame {fi}", cfg),
                         m,
                         cfg.image_size,
                     )
@@ -736,7 +772,6 @@ class _PairSource:
 
     def __init__(self, table: _FrameTable, plan: PropagationPlan, cfg: PipelineConfig) -> None:
         self.table, self.plan, self.cfg = table, plan, cfg
-        self.cache = _ImageCache(_PAIR_IMAGE_CACHE_SIZE)
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -754,7 +789,7 @@ class _PairSource:
         }
 
     def _crop(self, v: int, f: int, m: np.ndarray, record: str) -> np.ndarray:
-        return _crop_rgb(self.cache.get(self.table.path(v, f), record), m, self.cfg.image_size)
+        return _crop_rgb(_frame(self.table.path(v, f), record, self.cfg), m, self.cfg.image_size)
 
     def example(self, g: int) -> dict[str, np.ndarray]:
         ex = self._blank()

@@ -15,14 +15,19 @@ Offsets keep the channel layout of the CUDA kernels: ``[B, Ho, Wo, G * kh * kw *
 major, then tap ``k = i * kw + j``, then ``(dy, dx)``: channel ``g * 2 * kh * kw + 2 * k`` holds
 dy and the next one dx. Input channel c belongs to group ``c // (Cin // G)``.
 
-Gradients come from autodiff of gathers: the gradients with respect to offsets, mask and kernel
-use no scatter (only the gathered corners and the fractional weights); the one with respect to x
-is a scatter-add. At integer sample coordinates the offset gradient is the one-sided (right)
-derivative, and it is 0 for points outside the open range above, as in the CUDA backward.
+Sampling (``_sample``) reads the four corners of each point with four gathers from the
+zero-padded input, in (group, tap) order, so each pixel's offsets are read in the order they
+are stored. Its derivative is its own rule (``jax.custom_jvp``): the two coefficient maps of
+the offsets' tangent are formed with the samples, so the reverse pass needs no gather for the
+offsets, and the input's gradient (a scatter-add) is computed only where it is needed. The
+contraction with the kernel and the DCNv2 mask are differentiated by JAX. At integer sample
+coordinates the offset gradient is the one-sided (right) derivative, and it is 0 for points
+outside the open range above, as in the CUDA backward.
 """
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Sequence
 
@@ -30,9 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from posewarper_jax.ops.deform_conv_pallas import deform_conv2d_multi_pallas, pallas_supported
-from posewarper_jax.ops.sampling import corner_table, sample_corner_table, sample_dtype
+from posewarper_jax.ops.sampling import sample_dtype
 
 __all__ = ["IMPLS", "deform_conv2d", "deform_conv2d_multi"]
 
@@ -82,21 +88,6 @@ def _check_input(x, kernel_shape: tuple[int, ...], kernel_name: str, groups) -> 
     return g, cin // g
 
 
-def _sample_points(offsets, out_hw, kernel_hw, dilation, padding, groups, dtype):
-    """Absolute sample points of every (tap, group): y, x ``[B, Ho, Wo, kh * kw, G]``."""
-    b = offsets.shape[0]
-    (ho, wo), (kh, kw), (dh, dw), (ph, pw) = out_hw, kernel_hw, dilation, padding
-    off = offsets.reshape(b, ho, wo, groups, kh * kw, 2).astype(dtype).transpose(0, 1, 2, 4, 3, 5)
-    # Integer tap positions, made float before the offset is added (as the CUDA kernel does).
-    tap_i = np.repeat(np.arange(kh), kw) * dh  # [K]
-    tap_j = np.tile(np.arange(kw), kh) * dw
-    base_y = ((np.arange(ho) - ph)[:, None, None] + tap_i)[..., None]  # [Ho, 1, K, 1]
-    base_x = ((np.arange(wo) - pw)[:, None] + tap_j)[..., None]  # [Wo, K, 1]
-    y = jnp.asarray(base_y, dtype) + off[..., 0]
-    x = jnp.asarray(base_x, dtype) + off[..., 1]
-    return y, x
-
-
 def _check_offsets(name, offsets, shape) -> None:
     _check_float(name, offsets)
     if tuple(offsets.shape) != shape:
@@ -127,16 +118,161 @@ def _contract(cols, kernel, out_dtype, precision):
     )
 
 
-def _columns(table, image_hw, offsets, mask, kernel_hw, dilation, padding, out_hw, groups, dtype):
-    """Sampled columns of one deformable conv: [B, Ho, Wo, K * G * Cg] ((tap, Cin) order)."""
-    b = offsets.shape[0]
-    (ho, wo), k = out_hw, kernel_hw[0] * kernel_hw[1]
-    y, xs = _sample_points(offsets, out_hw, kernel_hw, dilation, padding, groups, dtype)
-    cols = sample_corner_table(table, image_hw, y, xs)  # [B, Ho, Wo, K, G, Cg]
+# ----------------------------------------------------------------------------- sampling
+#
+# Geometry of one deformable convolution, static under jit:
+#   (B, H, W, G, Cg, Ho, Wo, kh, kw, dh, dw, ph, pw, flat), flat: ``_flat_gathers()``
+
+
+def _pad_rows(x, groups: int):
+    """``x [B, H, W, G * Cg]`` -> ``[B, (H + 3) * (W + 3) * G, Cg]``: the input with 2 zero
+    rows and columns before and 1 after, one row per (pixel, group). Row 0 is zeros."""
+    b, h, w, cin = x.shape
+    xp = jnp.pad(x, ((0, 0), (2, 1), (2, 1), (0, 0)))
+    return xp.reshape(b, (h + 3) * (w + 3) * groups, cin // groups)
+
+
+def _flat_gathers() -> bool:
+    """Gather from the rows of all examples as one table (True) or with the batch as a
+    batching axis of each gather (False).
+
+    Both read the same values. The flat form is the fast one on XLA's CPU backend, which
+    turns a batching axis into an extra index array that it writes out (2-3.5x slower
+    sampling, measured by ``benchmarks/deform_conv.py``); but a batch-sharded call then
+    gathers across devices. So the flat form is taken where there is one device, the
+    batched one where the batch may be split.
+    """
+    return jax.device_count() == 1
+
+
+def _take(table, idx, flat: bool):
+    """``table [B, R, C]``, ``idx`` int32 ``[B, ...]`` in ``[0, R)`` -> ``[B, ..., C]``."""
+    b, r, c = table.shape
+    if flat:
+        shift = (jnp.arange(b, dtype=jnp.int32) * r).reshape((b,) + (1,) * (idx.ndim - 1))
+        return table.reshape(b * r, c).at[idx + shift].get(mode="promise_in_bounds")
+    dnums = lax.GatherDimensionNumbers(
+        offset_dims=(idx.ndim,),
+        collapsed_slice_dims=(1,),
+        start_index_map=(1,),
+        operand_batching_dims=(0,),
+        start_indices_batching_dims=(0,),
+    )
+    return lax.gather(
+        table,
+        idx[..., None],
+        dnums,
+        slice_sizes=(1, 1, c),
+        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )
+
+
+def _corners(offsets, geom, dtype):
+    """Row index of each point's top-left corner and its fractional parts.
+
+    Returns ``idx`` int32 ``[B, Ho, Wo, G, K]`` (into ``_pad_rows``), ``ly``, ``lx``
+    ``[B, Ho, Wo, G, K, 1]`` in ``dtype`` and ``valid`` bool ``[B, Ho, Wo, G, K]``. A point
+    outside the open range (``y <= -1``, ...; NaN too) is moved to (-2, -2): its corners are
+    all zero padding and its fractional parts 0.
+    """
+    b, h, w, g, _, ho, wo, kh, kw, dh, dw, ph, pw, _ = geom
+    off = offsets.reshape(b, ho, wo, g, kh * kw, 2).astype(dtype)
+    # Integer tap positions, made float before the offset is added (as the CUDA kernel does).
+    tap_y = np.repeat(np.arange(kh), kw) * dh  # [K]
+    tap_x = np.tile(np.arange(kw), kh) * dw
+    base_y = (np.arange(ho) - ph)[:, None, None, None] + tap_y  # [Ho, 1, 1, K]
+    base_x = (np.arange(wo) - pw)[:, None, None] + tap_x  # [Wo, 1, K]
+    y = jnp.asarray(base_y, dtype) + off[..., 0]
+    x = jnp.asarray(base_x, dtype) + off[..., 1]
+    valid = (y > -1) & (y < h) & (x > -1) & (x < w)
+    y = jnp.where(valid, y, -2)
+    x = jnp.where(valid, x, -2)
+    y0, x0 = jnp.floor(y), jnp.floor(x)
+    pix = (y0.astype(jnp.int32) + 2) * (w + 3) + x0.astype(jnp.int32) + 2
+    idx = pix * g + jnp.arange(g, dtype=jnp.int32)[:, None]
+    return idx, (y - y0)[..., None], (x - x0)[..., None], valid
+
+
+def _gather4(rows, idx, geom, dtype):
+    """The four corners ``[B, Ho, Wo, G, K, Cg]`` in ``dtype``: (y0, x0), (y0, x0 + 1),
+    (y0 + 1, x0), (y0 + 1, x0 + 1)."""
+    w, g = geom[2], geom[3]
+    step_x, step_y = g, (w + 3) * g
+    flat = geom[-1]
+    return tuple(
+        _take(rows, idx + d, flat).astype(dtype) for d in (0, step_x, step_y, step_y + step_x)
+    )
+
+
+def _bilinear(corners, ly, lx):
+    v00, v01, v10, v11 = corners
+    top = v00 + lx * (v01 - v00)
+    bottom = v10 + lx * (v11 - v10)
+    return top + ly * (bottom - top)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _sample(rows, offsets, geom, dtype_name):
+    """Bilinear samples of every (output pixel, group, tap): ``[B, Ho, Wo, G, K, Cg]``."""
+    dtype = jnp.dtype(dtype_name)
+    idx, ly, lx, _ = _corners(offsets, geom, dtype)
+    return _bilinear(_gather4(rows, idx, geom, dtype), ly, lx)
+
+
+@functools.partial(_sample.defjvp, symbolic_zeros=True)
+def _sample_jvp(geom, dtype_name, primals, tangents):
+    """The derivative at fixed corners (one-sided at integer coordinates, 0 outside the open
+    range). Its two coefficient maps are formed with the samples, so the reverse pass
+    (JAX's transpose of this rule) needs no gather for the offsets: only the input's
+    gradient, where asked for, is a scatter-add."""
+    rows, offsets = primals
+    rows_dot, off_dot = tangents
+    dtype = jnp.dtype(dtype_name)
+    idx, ly, lx, valid = _corners(offsets, geom, dtype)
+    out = _bilinear(_gather4(rows, idx, geom, dtype), ly, lx)
+    t_out = jnp.zeros_like(out)
+    if not isinstance(off_dot, SymbolicZero):
+        # d/dy interpolates the input's vertical differences along x, d/dx its horizontal
+        # ones along y: each coefficient reads two gathers of its own table, so that every
+        # gather has one use and stays fused.
+        w, g = geom[2], geom[3]
+        step_x, step_y = g, (w + 3) * g
+        r = rows.astype(dtype)
+        zeros = jnp.zeros((r.shape[0], step_y, r.shape[2]), dtype)
+        dv = jnp.concatenate([r[:, step_y:] - r[:, :-step_y], zeros], axis=1)
+        dh = jnp.concatenate([r[:, step_x:] - r[:, :-step_x], zeros[:, :step_x]], axis=1)
+
+        def take(table, d):
+            return _take(table, idx + d, geom[-1])
+
+        inside = valid[..., None]
+        coef_y = jnp.where(inside, (1 - lx) * take(dv, 0) + lx * take(dv, step_x), 0)
+        coef_x = jnp.where(inside, (1 - ly) * take(dh, 0) + ly * take(dh, step_y), 0)
+        b, ho, wo = geom[0], geom[5], geom[6]
+        od = off_dot.reshape(b, ho, wo, g, -1, 2).astype(dtype)
+        t_out = t_out + coef_y * od[..., :1] + coef_x * od[..., 1:]
+    if not isinstance(rows_dot, SymbolicZero):
+        t_out = t_out + _bilinear(_gather4(rows_dot, idx, geom, dtype), ly, lx)
+    return out, t_out
+
+
+def _columns(rows, offsets, mask, geom, dtype):
+    """Sampled columns of one deformable conv: ``[B, Ho, Wo, G * K * Cg]`` in
+    (group, tap, channel) order (``_kernel_matrix``'s rows)."""
+    b, _, _, g, _, ho, wo, kh, kw = geom[:9]
+    cols = _sample(rows, offsets, geom, jnp.dtype(dtype).name)  # [B, Ho, Wo, G, K, Cg]
     if mask is not None:
-        m = mask.reshape(b, ho, wo, groups, k).transpose(0, 1, 2, 4, 3)  # [B, Ho, Wo, K, G]
-        cols = cols * m[..., None].astype(dtype)
+        m = mask.reshape(b, ho, wo, g, kh * kw, 1)
+        cols = cols * m.astype(dtype)
     return cols.reshape(b, ho, wo, -1)
+
+
+def _kernel_matrix(kernel, groups: int):
+    """HWIO ``[kh, kw, G * Cg, Cout]`` -> ``[G * kh * kw * Cg, Cout]`` in (group, tap,
+    channel) order."""
+    kh, kw, cin, cout = kernel.shape
+    k = kernel.reshape(kh * kw, groups, cin // groups, cout)
+    return k.transpose(1, 0, 2, 3).reshape(-1, cout)
 
 
 def deform_conv2d(
@@ -201,10 +337,9 @@ def deform_conv2d(
         _check_mask("mask", mask, (b, ho, wo, g * k))
 
     dtype = sample_dtype(x.dtype, offsets.dtype)
-    table = corner_table(x.reshape(b, h, w, g, cg))
-    cols = _columns(table, (h, w), offsets, mask, (kh, kw), (dh, dw), (ph, pw), (ho, wo), g, dtype)
-    # cols' (tap, Cin) order is the HWIO kernel's.
-    out = _contract(cols, kernel.reshape(-1, cout), x.dtype, precision)
+    geom = (b, h, w, g, cg, ho, wo, kh, kw, dh, dw, ph, pw, _flat_gathers())
+    cols = _columns(_pad_rows(x, g), offsets, mask, geom, dtype)
+    out = _contract(cols, _kernel_matrix(kernel, g), x.dtype, precision)
     return out.astype(x.dtype)
 
 
@@ -230,13 +365,14 @@ def deform_conv2d_multi(
 
     Two equivalent evaluations (equal up to float rounding):
 
-    * ``fused=False`` (default): the corner table of x is built once and shared; each branch
-      gathers its own samples and is contracted with its kernel, accumulated in float32.
-    * ``fused=True``: one gather over all (branch, tap) sample points and, for ``"mean"``, one
-      contraction over (branch, tap, channel) (the mean of linear maps is one linear map).
+    * ``fused=False`` (default): the zero-padded input is built once and shared; each branch
+      samples its own points and is contracted with its kernel, accumulated in float32.
+    * ``fused=True``: the branches' samples concatenated and, for ``"mean"``, one
+      contraction over (branch, group, tap, channel) (the mean of linear maps is one linear
+      map).
 
     ``benchmarks/deform_conv.py`` compares them with D separate ``deform_conv2d`` calls. On CPU
-    the fused form was measured slower (its concatenated sample points are materialised; the
+    the fused form was measured slower (the concatenated samples are materialised; the
     contraction is a small share of the time), so it is not the default.
 
     ``impl`` picks the implementation:
@@ -320,39 +456,38 @@ def deform_conv2d_multi(
 
     dtype = sample_dtype(x.dtype, *(o.dtype for o in offsets))
     acc = sample_dtype(x.dtype)  # float32 accumulation (float64 under x64)
-    table = corner_table(x.reshape(b, h, w, g, cg))  # shared by all branches
-    pads = [(dh * (kh // 2), dw * (kw // 2)) for dh, dw in dils]
+    rows = _pad_rows(x, g)  # shared by all branches
+    flat = _flat_gathers()
+    geoms = [
+        (b, h, w, g, cg, h, w, kh, kw, dh, dw, dh * (kh // 2), dw * (kw // 2), flat)
+        for dh, dw in dils
+    ]
+    mats = [_kernel_matrix(kern, g) for kern in kernels]
 
     if not fused:
-        outs = []
-        for i in range(n):
-            cols = _columns(
-                table, (h, w), offsets[i], masks[i], (kh, kw), dils[i], pads[i], (h, w), g, dtype
+        outs = [
+            _contract(
+                _columns(rows, offsets[i], masks[i], geoms[i], dtype), mats[i], x.dtype, precision
             )
-            outs.append(_contract(cols, kernels[i].reshape(-1, cout), x.dtype, precision))
+            for i in range(n)
+        ]
         if reduce is None:
             return jnp.stack(outs).astype(x.dtype)
         return (sum(outs) / n).astype(x.dtype)
 
-    pts = [
-        _sample_points(offsets[i], (h, w), (kh, kw), dils[i], pads[i], g, dtype) for i in range(n)
-    ]
-    y = jnp.concatenate([p[0] for p in pts], axis=3)  # [B, H, W, D * K, G]
-    xs = jnp.concatenate([p[1] for p in pts], axis=3)
-    cols = sample_corner_table(table, (h, w), y, xs)  # [B, H, W, D * K, G, Cg]
-    if mask is not None:
-        m = jnp.concatenate([mk.reshape(b, h, w, g, k) for mk in masks], axis=-1)
-        m = m.reshape(b, h, w, g, n * k).transpose(0, 1, 2, 4, 3)  # [B, H, W, D * K, G]
-        cols = cols * m[..., None].astype(dtype)
-    # (D, K, G, Cg) is the (branch, tap, Cin) order of the stacked HWIO kernels.
-    kstack = jnp.stack(kernels)  # [D, kh, kw, Cin, Cout]
+    # One contraction over (branch, group, tap, channel): the mean of linear maps is one
+    # linear map.
+    cols = jnp.concatenate(
+        [_columns(rows, offsets[i], masks[i], geoms[i], dtype) for i in range(n)], axis=-1
+    )  # [B, H, W, D * G * K * Cg]
+    kstack = jnp.stack(mats)  # [D, G * K * Cg, Cout]
     if reduce == "mean":
-        out = _contract(cols.reshape(b, h, w, -1), kstack.reshape(-1, cout), x.dtype, precision)
+        out = _contract(cols, kstack.reshape(-1, cout), x.dtype, precision)
         return (out / n).astype(x.dtype)
     # Per-branch outputs: D as a batch axis of the contraction -> [D, B, H, W, Cout].
     out = lax.dot_general(
-        cols.reshape(b, h, w, n, k * cin).astype(x.dtype),
-        kstack.reshape(n, k * cin, cout).astype(x.dtype),
+        cols.reshape(b, h, w, n, -1).astype(x.dtype),
+        kstack.astype(x.dtype),
         (((4,), (1,)), ((3,), (0,))),
         precision=precision,
         preferred_element_type=acc,
