@@ -6,9 +6,10 @@ and forward + backward w.r.t. offsets and kernels ("fwd_bwd", x frozen as in sta
 
   lax_conv            the same dilated convolutions with lax.conv_general_dilated (zero offsets)
   deform_separate     one deform_conv2d call per dilation, then the mean
-  deform_multi        deform_conv2d_multi (default: shared corner table, a gather per branch)
-  deform_multi_fused  deform_conv2d_multi(fused=True): one gather over all (branch, tap)
-                      points and one contraction over (branch, tap, channel)
+  deform_multi        deform_conv2d_multi (default: the padded input shared, each branch
+                      sampled and contracted on its own)
+  deform_multi_fused  deform_conv2d_multi(fused=True): the branches' samples concatenated and
+                      one contraction over (branch, group, tap, channel)
   deform_multi_pallas deform_conv2d_multi(impl="pallas"): the fused Pallas (Triton) kernel and
                       its backward; GPU only. ``--pallas-tiles`` times other tilings
                       (block pixels x warps) as ``deform_multi_pallas_<P>x<W>``

@@ -65,6 +65,8 @@ from posewarper_jax.ops.heatmaps import average_flip
 HEADS = {
     "default": {},  # the method's head: 20 blocks x 128 channels, dilations 3..24
     "small": {"num_blocks": 4, "channels": 32},  # CPU default width and depth, 5 dilations
+    # The CPU default's head as configs/sparse.py sets it (3 dilations at 32x24 heatmaps).
+    "cpu_default": {"num_blocks": 4, "channels": 32, "dilations": (3, 6, 12)},
     "tiny": {"num_blocks": 2, "channels": 16, "dilations": (3, 6)},  # --quick
 }
 CASES = (
@@ -200,7 +202,10 @@ def _run_isolated(argv, cases) -> None:
         subprocess.run(cmd, check=True)
 
 
-def main(argv=None):
+def main(argv=None, run=None):
+    """Times the cases; ``run`` (default ``bench``, same arguments) replaces the timing, e.g.
+    ``benchmarks/profile_ops.py``'s trace."""
+    run = bench if run is None else run
     args = _parse(argv)
     if args.isolate and len(args.cases) > 1:
         _run_isolated(argv, args.cases)
@@ -248,7 +253,7 @@ def main(argv=None):
     net = HRNet(hcfg)
 
     if "hrnet_forward" in cases:
-        bench(
+        run(
             "hrnet_forward",
             lambda v, x: net.apply(v, x, False),
             (hrnet_vars, frames(b)),
@@ -274,7 +279,7 @@ def main(argv=None):
             )
             return jnp.mean(jnp.square(out))
 
-        bench(
+        run(
             "head_forward_backward",
             jax.grad(head_loss),
             (head_vars["params"], hm[0] - hm[1], hm[1]),
@@ -306,7 +311,7 @@ def main(argv=None):
             "target": target,
             "target_weight": weight,
         }
-        bench(
+        run(
             case,
             training.make_train_step(model, tx, stage),
             (state, batch),
@@ -323,7 +328,7 @@ def main(argv=None):
             hm_flipped = net.apply(v, x[:, :, ::-1], False).astype(jnp.float32)
             return average_flip(hm, hm_flipped)
 
-        bench("inference_flip", flip_test, (hrnet_vars, frames(b)), items=b, **kw)
+        run("inference_flip", flip_test, (hrnet_vars, frames(b)), items=b, **kw)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ sensor noise, quality 90) into a temporary directory, then times ``train_dataset
 full augmentation) at 384×288 (σ = 3) and at the default 128×96 (σ = 1) for each worker
 count (``--crops`` picks the crops; another crop H×W gets σ = H / 128, HRNet's rule). Each
 process prepares batches with one thread (``read_threads=1``), so "per worker" is the rate of
-one decoding process; with 0 workers everything runs in this process.
+one decoding process; with 0 workers everything runs in this process. The pipeline's
+decoded-frame cache is off unless ``--frame-cache-mb`` is given, so that every pair decodes
+its frames, as with a data set larger than the cache.
 The first two batches (worker start-up) are not timed; ``--repeats`` keeps the best run, which
 helps on a shared machine.
 
@@ -266,6 +268,11 @@ def main() -> None:
         "--target-pairs-per-s", type=float, default=None, metavar="FLOAT",
         help="a GPU's training rate (pairs/s): print the worker count that feeds it",
     )  # fmt: skip
+    ap.add_argument(
+        "--frame-cache-mb", type=int, default=0, metavar="MB",
+        help="the pipeline's decoded-frame cache (input.frame_cache_mb; default 0: every "
+        "pair decodes its frames, the case of a data set larger than the cache)",
+    )  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="seconds: 3 batches, 0 and 1 workers")
     args = ap.parse_args()
     if args.batches is None:
@@ -326,6 +333,7 @@ def main() -> None:
                     num_workers=workers,
                     read_threads=1,
                     prefetch_batches=2,
+                    frame_cache_mb=args.frame_cache_mb,
                 )
                 rate, cores = max(
                     (pairs_per_second(data, config, args.batches) for _ in range(args.repeats)),
@@ -335,6 +343,7 @@ def main() -> None:
                 per_worker = round(rate / max(workers, 1), 2)
                 row = {
                     "case": "pipeline", "crop": list(size), "sigma": sigma, "workers": workers,
+                    "frame_cache_mb": args.frame_cache_mb,
                     "pairs_per_s": round(rate, 2), "pairs_per_s_per_worker": per_worker,
                     "vs_decode_floor": round(per_worker / floor, 3),
                     "frames_decoded_per_pair": round(decodes, 3),

@@ -22,7 +22,12 @@ instead (replacing its earlier one, keeping the other machines'): do that only w
 version whose behaviour is the reference, and where the behaviour changed on purpose, delete
 the file first, so that no other machine keeps a recording of the old behaviour. (Values that
 a change moved, and that every recording held equal before it, may be carried over to the
-other recordings instead; the change of the propagation path did that.)
+other recordings instead; the change of the propagation path did that.) The change of the
+deformable sampling (its order of summation) moved the aggregation's Head AP of the 2-step
+model on the Intel Xeon from 4.8 and 15.9 to 0.0 (the AMD EPYC's recorded values); the
+AMD EPYC's recording could not be made again on that machine, so it was dropped, and there
+the numbers are compared with the Intel Xeon's within the tolerance above (before the
+change, the new recording was within it of the old AMD one).
 """
 
 from __future__ import annotations

@@ -114,10 +114,58 @@ def test_config_validation():
         pl.PipelineConfig(num_workers=-2)
     with pytest.raises(ValueError, match="target_encoding"):
         pl.PipelineConfig(target_encoding="rounded")
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="frame_cache_mb"):
+            pl.PipelineConfig(frame_cache_mb=bad)
     with pytest.raises(TypeError, match="decoding"):  # an argument of the predict functions
         pl.PipelineConfig(decoding="dark")
     c = pl.PipelineConfig()
     assert c.image_size == (128, 96) and c.heatmap_size == (32, 24) and c.aspect_ratio == 0.75
+
+
+# ----------------------------------------------------------------------------- frame cache
+
+
+def test_frame_cache_decodes_each_frame_once_within_its_bytes(tmp_path, monkeypatch):
+    paths = []
+    for i in range(4):
+        paths.append(str(tmp_path / f"{i}.png"))
+        cv2.imwrite(paths[-1], np.full((10, 10, 3), 10 * i, np.uint8))
+    reads = []
+    real = pl._read_bgr
+    monkeypatch.setattr(pl, "_read_bgr", lambda p, r: reads.append(p) or real(p, r))
+    cache = pl._FrameCache()
+    frame_bytes = 10 * 10 * 3
+    for p in paths[:3] + paths[:3]:  # room for exactly three frames
+        img = cache.get(p, "test", 3 * frame_bytes)
+        assert img[0, 0, 0] == 10 * paths.index(p) and not img.flags.writeable
+    assert reads == paths[:3]
+    cache.get(paths[3], "test", 3 * frame_bytes)  # evicts the least recently used: paths[0]
+    cache.get(paths[1], "test", 3 * frame_bytes)
+    cache.get(paths[0], "test", 3 * frame_bytes)
+    assert reads == paths[:3] + [paths[3], paths[0]]
+    # 0: no cache; a frame larger than the limit is read and not kept.
+    reads.clear()
+    for limit in (0, 0, frame_bytes - 1, frame_bytes - 1):
+        cache.clear()
+        cache.get(paths[2], "test", limit)
+    assert reads == [paths[2]] * 4
+    # A missing frame raises each time, naming it; nothing is kept.
+    missing = str(tmp_path / "missing.png")
+    for _ in range(2):
+        with pytest.raises(pl.BadImageError, match="missing.png"):
+            cache.get(missing, "record 7", 3 * frame_bytes)
+
+
+def test_training_batches_the_same_with_and_without_the_frame_cache(data):
+    pl._FRAMES.clear()
+    batches = {}
+    for mb in (0, 64, 64):  # no cache, a cold cache, a warm one
+        it = iter(pl.train_dataset(data, cfg(seed=3, frame_cache_mb=mb)))
+        batches.setdefault(mb, []).append([next(it) for _ in range(3)])
+    runs = [b for per in batches.values() for b in per]
+    for run in runs[1:]:
+        assert all(_batches_equal(a, b) for a, b in zip(runs[0], run))
 
 
 # ----------------------------------------------------------------------------- training

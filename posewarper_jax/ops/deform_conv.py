@@ -233,24 +233,28 @@ def _sample_jvp(geom, dtype_name, primals, tangents):
     t_out = jnp.zeros_like(out)
     if not isinstance(off_dot, SymbolicZero):
         # d/dy interpolates the input's vertical differences along x, d/dx its horizontal
-        # ones along y: each coefficient reads two gathers of its own table, so that every
-        # gather has one use and stays fused.
+        # ones along y. Both difference tables are interleaved in one, and direction c of a
+        # point reads two gathers of it: every gather has one use and stays fused, and the
+        # offsets' gradient comes out of one loop in its own layout.
         w, g = geom[2], geom[3]
         step_x, step_y = g, (w + 3) * g
         r = rows.astype(dtype)
         zeros = jnp.zeros((r.shape[0], step_y, r.shape[2]), dtype)
         dv = jnp.concatenate([r[:, step_y:] - r[:, :-step_y], zeros], axis=1)
         dh = jnp.concatenate([r[:, step_x:] - r[:, :-step_x], zeros[:, :step_x]], axis=1)
-
-        def take(table, d):
-            return _take(table, idx + d, geom[-1])
-
-        inside = valid[..., None]
-        coef_y = jnp.where(inside, (1 - lx) * take(dv, 0) + lx * take(dv, step_x), 0)
-        coef_x = jnp.where(inside, (1 - ly) * take(dh, 0) + ly * take(dh, step_y), 0)
-        b, ho, wo = geom[0], geom[5], geom[6]
+        b, rr, cg = r.shape
+        diffs = jnp.stack([dv, dh], axis=2).reshape(b, 2 * rr, cg)  # row 2 p + c
+        c = jnp.arange(2, dtype=jnp.int32)
+        frac = jnp.where(c[:, None] == 0, lx[..., None, :], ly[..., None, :])  # [..., 2, 1]
+        far = jnp.where(c == 0, step_x, step_y)
+        near_row = 2 * idx[..., None] + c
+        coef = (1 - frac) * _take(diffs, near_row, geom[-1]) + frac * _take(
+            diffs, near_row + 2 * far, geom[-1]
+        )  # [B, Ho, Wo, G, K, 2, Cg]
+        coef = jnp.where(valid[..., None, None], coef, 0)
+        ho, wo = geom[5], geom[6]
         od = off_dot.reshape(b, ho, wo, g, -1, 2).astype(dtype)
-        t_out = t_out + coef_y * od[..., :1] + coef_x * od[..., 1:]
+        t_out = t_out + jnp.sum(coef * od[..., None], axis=-2)
     if not isinstance(rows_dot, SymbolicZero):
         t_out = t_out + _bilinear(_gather4(rows_dot, idx, geom, dtype), ly, lx)
     return out, t_out

@@ -7,8 +7,8 @@ per deformable group (``G = Cin``), odd kernels with size-keeping padding, no DC
 
 Why a kernel: the operator's HBM traffic is dominated by its offsets (``D * G * kh * kw * 2``
 values per output pixel: 1530 for the head, against 17 input and 17 output channels), and the
-XLA form of it materialises sample points, gathered corners and sampled columns between
-fusions. The kernel reads each offset once and writes only the output:
+XLA form of it writes the sampled columns out between fusions and reads each point's offsets
+again in the backward pass. The kernel reads each offset once and writes only the output:
 
 * forward: one program per block of ``P`` output pixels of one image; for every (branch, tap)
   it loads the block's ``(dy, dx)`` for all groups ``[P, G]``, gathers the 4 corners from x
