@@ -137,10 +137,10 @@ def _flat_gathers() -> bool:
     batching axis of each gather (False).
 
     Both read the same values. The flat form is the fast one on XLA's CPU backend, which
-    turns a batching axis into an extra index array that it writes out (2-3.5x slower
-    sampling, measured by ``benchmarks/deform_conv.py``); but a batch-sharded call then
-    gathers across devices. So the flat form is taken where there is one device, the
-    batched one where the batch may be split.
+    turns a batching axis into an extra index array that it writes out (the warping head's
+    deformable convolutions took 3x as long forward at the CPU default's shapes); but a
+    batch-sharded call then gathers across devices. So the flat form is taken where there
+    is one device, the batched one where the batch may be split.
     """
     return jax.device_count() == 1
 
@@ -222,9 +222,10 @@ def _sample(rows, offsets, geom, dtype_name):
 @functools.partial(_sample.defjvp, symbolic_zeros=True)
 def _sample_jvp(geom, dtype_name, primals, tangents):
     """The derivative at fixed corners (one-sided at integer coordinates, 0 outside the open
-    range). Its two coefficient maps are formed with the samples, so the reverse pass
-    (JAX's transpose of this rule) needs no gather for the offsets: only the input's
-    gradient, where asked for, is a scatter-add."""
+    range). The offsets' coefficients read a table of the input's differences, so that no
+    gathered value is used twice (XLA then keeps every gather inside its loop); the
+    input's tangent, where there is one, is the sampling of the input's tangent, whose
+    transpose is a scatter-add."""
     rows, offsets = primals
     rows_dot, off_dot = tangents
     dtype = jnp.dtype(dtype_name)
