@@ -90,6 +90,8 @@ from posewarper_jax.models.warping import get_head_config  # noqa: E402
 HEADS = {
     "default": {},  # the method's head: 20 blocks x 128 channels, dilations 3..24
     "small": {"num_blocks": 4, "channels": 32},  # CPU default width and depth, 5 dilations
+    # The CPU default's head as configs/sparse.py sets it (3 dilations at 32x24 heatmaps).
+    "cpu_default": {"num_blocks": 4, "channels": 32, "dilations": (3, 6, 12)},
     "tiny": {"num_blocks": 2, "channels": 16, "dilations": (3, 6)},  # --quick
 }
 CASES = ("stage2_train_step", "stage1_train_step", "inference_flip")
