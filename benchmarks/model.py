@@ -106,8 +106,9 @@ def _peak_bytes() -> int | None:
     return int(stats["peak_bytes_in_use"])
 
 
-def bench(name, fn, args, *, items, iters, warmup=2, carry=False, **info):
-    """Compile ``fn``, warm up, time ``iters`` calls, print one JSON line.
+def compiled_call(fn, args, carry=False):
+    """``fn`` compiled for ``args``: ``(compiled, call, compile_s)``, ``call()`` running it
+    once on ``args``.
 
     ``carry``: ``fn(state, *rest) -> (state, metrics)`` (a train step); the state is donated
     and each call takes the state the previous one returned.
@@ -125,6 +126,14 @@ def bench(name, fn, args, *, items, iters, warmup=2, carry=False, **info):
         if carry:
             args[0] = out[0]
         return out
+
+    return compiled, call, compile_s
+
+
+def bench(name, fn, args, *, items, iters, warmup=2, carry=False, **info):
+    """Compile ``fn``, warm up, time ``iters`` calls, print one JSON line (``carry``: as
+    ``compiled_call``)."""
+    compiled, call, compile_s = compiled_call(fn, args, carry)
 
     for _ in range(warmup):
         jax.block_until_ready(call())

@@ -34,7 +34,6 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = .*?op_name=\"([^\"]*)\"")
@@ -74,19 +73,10 @@ def _trace_events(trace_dir: str) -> list[dict]:
     return trace["traceEvents"] if isinstance(trace, dict) else trace
 
 
-def profile(name, fn, args, *, items, iters, warmup=2, carry=False, calls, depth, top, **info):
-    jitted = jax.jit(fn, donate_argnums=(0,) if carry else ())
-    compiled = jitted.lower(*args).compile()
-    args = list(args)
-    if carry:  # a private copy: the caller's state is not donated away
-        args[0] = jax.jit(lambda t: jax.tree.map(jnp.copy, t))(args[0])
-
-    def call():
-        out = compiled(*args)
-        if carry:
-            args[0] = out[0]
-        return out
-
+def profile(
+    model, name, fn, args, *, items, iters, warmup=2, carry=False, calls, depth, top, **info
+):
+    compiled, call, _ = model.compiled_call(fn, args, carry)
     for _ in range(max(warmup, 1)):
         jax.block_until_ready(call())
     t = time.perf_counter()
@@ -138,7 +128,9 @@ def main(argv=None):
         rest += ["--head", "cpu_default"]
     model.main(
         [*rest, "--cases", own.case],
-        run=lambda *a, **kw: profile(*a, calls=own.calls, depth=own.depth, top=own.top, **kw),
+        run=lambda *a, **kw: profile(
+            model, *a, calls=own.calls, depth=own.depth, top=own.top, **kw
+        ),
     )
 
 
