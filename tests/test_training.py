@@ -413,6 +413,46 @@ def test_stage2_pairs_with_unlabeled_a_take_the_backbones_maps(data_root):
     assert experiment.pipeline_config(c, "stage1").unlabeled_reach == 0
 
 
+def test_run_stage_sends_a_labeled_to_the_train_step(data_root, tmp_path, monkeypatch):
+    """With ``stage2.unlabeled_reach`` the train step ``run_stage`` compiles receives each
+    batch's ``a_labeled`` (with it, unlabeled-A rows take the backbone's maps of A; without
+    it, every row would be scored against A's empty labels)."""
+    from posewarper_jax.training_log import MetricWriter
+
+    c = tiny_config(data_root, max_steps=1)
+    c.stage2.unlabeled_reach = 3
+    model = experiment.make_model(c)
+    train, _ = experiment.sparse_subset(c, experiment.load_split(c, "train"))
+    seen = []
+    real = training.make_train_step
+
+    def recording(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def wrapped(state, batch):
+            seen.append(sorted(batch))
+            return step(state, batch)
+
+        return wrapped
+
+    monkeypatch.setattr(training, "make_train_step", recording)
+    training.run_stage(
+        name="stage2",
+        kind="head",
+        workdir=str(tmp_path),
+        model=model,
+        variables=training.init_variables(model, c.input.image_size, c.seed),
+        dataset=train,
+        pipe_cfg=experiment.pipeline_config(c, "stage2"),
+        settings=experiment.stage_settings(c.stage2),
+        checkpoint_every=100,
+        keep_checkpoints=1,
+        log_every=1,
+        writer=MetricWriter(str(tmp_path), enabled=False),
+    )
+    assert seen and all("a_labeled" in keys for keys in seen), seen
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
