@@ -228,6 +228,9 @@ def validate(config: mlc.ConfigDict) -> None:
         _fail("input.image_size", i.image_size, "must be (H, W), each a positive multiple of 32")
     if i.support_range < 0:
         _fail("input.support_range", i.support_range, "must be >= 0")
+    cache = i.get("frame_cache_mb", 0)
+    if isinstance(cache, bool) or not isinstance(cache, int) or cache < 0:
+        _fail("input.frame_cache_mb", cache, "must be an integer >= 0 (MiB; 0: no cache)")
     encodings = transforms.TARGET_ENCODINGS
     encoding, decoding = heatmap_coding(config)
     if encoding not in encodings:

@@ -42,7 +42,8 @@ def test_tiny_stage2_step_profile():
     assert len(total) == 1 and total[0]["case"] == "stage2_train_step"
     assert total[0]["ms"] > 0 and total[0]["wall_ms"] > 0 and total[0]["items"] == 2
     assert scopes and all(r["ms"] >= 0 and 0 <= r["share"] <= 1 for r in scopes)
-    assert sum(r["share"] for r in scopes) <= 1 + 1e-6
+    # Shares are printed to 4 decimals: each may round up by 5e-5.
+    assert sum(r["share"] for r in scopes) <= 1 + 5e-5 * len(scopes)
     assert abs(sum(r["ms"] for r in scopes) - total[0]["ms"]) <= 0.01 * total[0]["ms"] + 0.01
     names = {(r["pass"], r["scope"]) for r in scopes}
     assert ("bwd", "PoseWarper.pair/head") in names, names  # the head is trained

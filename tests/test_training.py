@@ -461,6 +461,7 @@ def test_run_stage_sends_a_labeled_to_the_train_step(data_root, tmp_path, monkey
     [
         ("model.dilations", (), "model.dilations"),
         ("input.sigma", -1.0, "input.sigma"),
+        ("input.frame_cache_mb", -1, "input.frame_cache_mb"),
         ("model.backbone", "w99", "model.backbone"),
         ("stage1.batch_size", 0, "stage1.batch_size"),
         ("data.synthetic_overrides", "fps=0", "data.synthetic_overrides"),

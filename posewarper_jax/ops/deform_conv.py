@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -119,9 +120,30 @@ def _contract(cols, kernel, out_dtype, precision):
 
 
 # ----------------------------------------------------------------------------- sampling
-#
-# Geometry of one deformable convolution, static under jit:
-#   (B, H, W, G, Cg, Ho, Wo, kh, kw, dh, dw, ph, pw, flat), flat: ``_flat_gathers()``
+
+
+class _Geometry(NamedTuple):
+    """One deformable convolution's sizes, static under jit (``flat``: ``_flat_gathers()``)."""
+
+    b: int
+    h: int
+    w: int
+    g: int
+    cg: int
+    ho: int
+    wo: int
+    kh: int
+    kw: int
+    dh: int
+    dw: int
+    ph: int
+    pw: int
+    flat: bool
+
+    @property
+    def steps(self) -> tuple[int, int]:
+        """Row steps of ``_pad_rows`` to the next column and to the next row."""
+        return self.g, (self.w + 3) * self.g
 
 
 def _pad_rows(x, groups: int):
@@ -196,11 +218,9 @@ def _corners(offsets, geom, dtype):
 def _gather4(rows, idx, geom, dtype):
     """The four corners ``[B, Ho, Wo, G, K, Cg]`` in ``dtype``: (y0, x0), (y0, x0 + 1),
     (y0 + 1, x0), (y0 + 1, x0 + 1)."""
-    w, g = geom[2], geom[3]
-    step_x, step_y = g, (w + 3) * g
-    flat = geom[-1]
+    step_x, step_y = geom.steps
     return tuple(
-        _take(rows, idx + d, flat).astype(dtype) for d in (0, step_x, step_y, step_y + step_x)
+        _take(rows, idx + d, geom.flat).astype(dtype) for d in (0, step_x, step_y, step_y + step_x)
     )
 
 
@@ -237,8 +257,7 @@ def _sample_jvp(geom, dtype_name, primals, tangents):
         # ones along y. Both difference tables are interleaved in one, and direction c of a
         # point reads two gathers of it: every gather has one use and stays fused, and the
         # offsets' gradient comes out of one loop in its own layout.
-        w, g = geom[2], geom[3]
-        step_x, step_y = g, (w + 3) * g
+        step_x, step_y = geom.steps
         r = rows.astype(dtype)
         zeros = jnp.zeros((r.shape[0], step_y, r.shape[2]), dtype)
         dv = jnp.concatenate([r[:, step_y:] - r[:, :-step_y], zeros], axis=1)
@@ -249,12 +268,11 @@ def _sample_jvp(geom, dtype_name, primals, tangents):
         frac = jnp.where(c[:, None] == 0, lx[..., None, :], ly[..., None, :])  # [..., 2, 1]
         far = jnp.where(c == 0, step_x, step_y)
         near_row = 2 * idx[..., None] + c
-        coef = (1 - frac) * _take(diffs, near_row, geom[-1]) + frac * _take(
-            diffs, near_row + 2 * far, geom[-1]
+        coef = (1 - frac) * _take(diffs, near_row, geom.flat) + frac * _take(
+            diffs, near_row + 2 * far, geom.flat
         )  # [B, Ho, Wo, G, K, 2, Cg]
         coef = jnp.where(valid[..., None, None], coef, 0)
-        ho, wo = geom[5], geom[6]
-        od = off_dot.reshape(b, ho, wo, g, -1, 2).astype(dtype)
+        od = off_dot.reshape(b, geom.ho, geom.wo, geom.g, -1, 2).astype(dtype)
         t_out = t_out + jnp.sum(coef * od[..., None], axis=-2)
     if not isinstance(rows_dot, SymbolicZero):
         t_out = t_out + _bilinear(_gather4(rows_dot, idx, geom, dtype), ly, lx)
@@ -264,7 +282,7 @@ def _sample_jvp(geom, dtype_name, primals, tangents):
 def _columns(rows, offsets, mask, geom, dtype):
     """Sampled columns of one deformable conv: ``[B, Ho, Wo, G * K * Cg]`` in
     (group, tap, channel) order (``_kernel_matrix``'s rows)."""
-    b, _, _, g, _, ho, wo, kh, kw = geom[:9]
+    b, g, ho, wo, kh, kw = geom.b, geom.g, geom.ho, geom.wo, geom.kh, geom.kw
     cols = _sample(rows, offsets, geom, jnp.dtype(dtype).name)  # [B, Ho, Wo, G, K, Cg]
     if mask is not None:
         m = mask.reshape(b, ho, wo, g, kh * kw, 1)
@@ -342,7 +360,7 @@ def deform_conv2d(
         _check_mask("mask", mask, (b, ho, wo, g * k))
 
     dtype = sample_dtype(x.dtype, offsets.dtype)
-    geom = (b, h, w, g, cg, ho, wo, kh, kw, dh, dw, ph, pw, _flat_gathers())
+    geom = _Geometry(b, h, w, g, cg, ho, wo, kh, kw, dh, dw, ph, pw, _flat_gathers())
     cols = _columns(_pad_rows(x, g), offsets, mask, geom, dtype)
     out = _contract(cols, _kernel_matrix(kernel, g), x.dtype, precision)
     return out.astype(x.dtype)
@@ -464,7 +482,7 @@ def deform_conv2d_multi(
     rows = _pad_rows(x, g)  # shared by all branches
     flat = _flat_gathers()
     geoms = [
-        (b, h, w, g, cg, h, w, kh, kw, dh, dw, dh * (kh // 2), dw * (kw // 2), flat)
+        _Geometry(b, h, w, g, cg, h, w, kh, kw, dh, dw, dh * (kh // 2), dw * (kw // 2), flat)
         for dh, dw in dils
     ]
     mats = [_kernel_matrix(kern, g) for kern in kernels]
