@@ -42,6 +42,7 @@ weights 1.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -60,6 +61,7 @@ from posewarper_jax.models import layers
 from posewarper_jax.models.hrnet import HRNET_VARIANTS, HRNet, get_hrnet_config
 from posewarper_jax.models.posewarper import PoseWarper
 from posewarper_jax.models.warping import WarpingHead, get_head_config
+from posewarper_jax.ops.conv import conv_general_dilated
 from posewarper_jax.ops.heatmaps import average_flip
 
 HEADS = {
@@ -185,8 +187,9 @@ def _parse(argv):
     p.add_argument(
         "--conv",
         default="project",
-        choices=("project", "lax"),
-        help="conv layers: the project's (lax forward, GEMM backward on CPUs) or plain lax",
+        choices=("project", "lax", "gemm"),
+        help="conv layers: the project's (lax forward; on CPUs a GEMM backward where"
+        " ops.conv.gemm_backward_pays), plain lax, or the GEMM backward wherever it applies",
     )
     p.add_argument(
         "--deform-impl", default="auto", choices=("auto", "xla", "pallas"), help="model.deform_impl"
@@ -222,6 +225,8 @@ def main(argv=None, run=None):
     cases = args.cases
     if args.conv == "lax":  # the comparison: every conv layer on lax's own autodiff
         layers.conv_general_dilated = lax.conv_general_dilated
+    elif args.conv == "gemm":  # every conv layer it applies to on the GEMM backward
+        layers.conv_general_dilated = functools.partial(conv_general_dilated, backward="gemm")
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     b, (h, w) = args.batch, args.size

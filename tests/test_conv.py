@@ -1,4 +1,5 @@
-"""``ops.conv``: lax's forward pass, and a GEMM backward equal to autodiff of lax's conv.
+"""``ops.conv``: lax's forward pass, and a GEMM backward equal to autodiff of lax's conv
+where the kernel's shape says it pays.
 
 References: ``lax.conv_general_dilated`` and its autodiff gradients, ``Precision.HIGHEST``.
 Tolerance: 1e-5 of each gradient's largest value (float32 sums in another order).
@@ -14,7 +15,7 @@ import pytest
 from jax import lax
 
 from posewarper_jax.models.layers import conv
-from posewarper_jax.ops.conv import conv2d, conv_general_dilated
+from posewarper_jax.ops.conv import conv2d, conv_general_dilated, gemm_backward_pays
 
 HIGHEST = lax.Precision.HIGHEST
 
@@ -112,3 +113,43 @@ def test_flax_layer_gradients_equal_lax_layer():
     g_plain = jax.grad(lambda p: jnp.sum(plain.apply(p, x) ** 2))(params)
     for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_plain)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_gemm_backward_only_where_the_kernel_shape_pays():
+    """``backward="auto"`` takes the GEMM path for 1x1 and widening kernels only; ``"gemm"``
+    and ``"lax"`` force either; the gradients agree whichever path is taken."""
+    assert gemm_backward_pays((1, 1, 128, 32))  # 1x1: no im2col
+    assert gemm_backward_pays((3, 3, 3, 32))  # the stem
+    assert gemm_backward_pays((3, 3, 32, 306))  # the offsets convs
+    assert gemm_backward_pays((3, 3, 16, 32))  # a downsampling transition
+    assert not gemm_backward_pays((3, 3, 128, 16))  # HRNet's first transition
+    assert not gemm_backward_pays((3, 3, 32, 32))  # a BasicBlock
+    assert not gemm_backward_pays((3, 3, 17, 32))  # just under twice the input channels
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 7, 6, 8)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 8, 4)), jnp.float32)
+    pad = ((1, 1), (1, 1))
+    dn = lax.conv_dimension_numbers(x.shape, k.shape, ("NHWC", "HWIO", "NHWC"))
+
+    def conv_fn(backward):
+        return lambda x, k: conv_general_dilated(
+            x, k, (1, 1), pad, dimension_numbers=dn, precision=HIGHEST, backward=backward
+        )
+
+    def grads(backward):
+        loss = lambda x, k: jnp.sum(conv_fn(backward)(x, k) ** 2)  # noqa: E731
+        return jax.grad(loss, argnums=(0, 1))(x, k), str(jax.make_jaxpr(loss)(x, k))
+
+    (g_auto, jaxpr_auto), (g_gemm, jaxpr_gemm), (g_lax, jaxpr_lax) = (
+        grads(b) for b in ("auto", "gemm", "lax")
+    )
+    assert "custom_vjp_call" not in jaxpr_auto  # 8 -> 4 channels, 3x3: lax's backward
+    assert "custom_vjp_call" in jaxpr_gemm
+    assert "custom_vjp_call" not in jaxpr_lax
+    for a, b in zip(g_gemm, g_lax):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.abs(b).max()))
+    for a, b in zip(g_auto, g_lax):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="backward"):
+        conv_fn("fast")(x, k)

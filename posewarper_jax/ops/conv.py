@@ -14,8 +14,16 @@ forward pass at the shapes of this project (HRNet, the warping head's offsets co
 Both are the exact gradients of the same function (equal to autodiff's up to float
 rounding). ``conv_general_dilated`` is a drop-in for ``lax.conv_general_dilated`` (the
 arguments ``flax.linen.Conv`` passes) that takes this path on the CPU backend for NHWC/HWIO
-convolutions with explicit padding and no grouping, and ``lax`` everywhere else (on GPUs and
-TPUs the vendor libraries' backward passes are the fast ones).
+convolutions with explicit padding and no grouping, where the kernel's shape says it pays
+(``gemm_backward_pays``), and ``lax`` everywhere else (on GPUs and TPUs the vendor
+libraries' backward passes are the fast ones).
+
+The im2col/col2im arrays hold ``kh * kw * Cin`` values per output pixel, against ``Cout``
+multiply-adds per value in the matrix products: with few output channels and a large patch
+(HRNet's 3x3 transition from 128 to 16 channels: 5x slower than ``lax``'s backward on the
+CPU this was measured on) the GEMM backward is memory-bound, while for 1x1 convolutions
+(no im2col at all), widening convolutions and the warping head's offsets convs
+(32 -> 306 channels) it is 1.5-3x faster than ``lax``'s.
 
 Shapes: ``x [B, H, W, Cin]`` (NHWC), ``kernel [kh, kw, Cin, Cout]`` (HWIO).
 """
@@ -28,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["conv2d", "conv_general_dilated"]
+__all__ = ["conv2d", "conv_general_dilated", "gemm_backward_pays"]
 
 _NHWC = lax.ConvDimensionNumbers(
     lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
@@ -119,6 +127,16 @@ def _conv2d_bwd(strides, padding, dilation, precision, res, g):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def gemm_backward_pays(kernel_shape) -> bool:
+    """Whether ``conv2d``'s GEMM backward beats ``lax``'s on a CPU for an HWIO kernel shape:
+    1x1 kernels (the products read the input and gradient as they are), and kernels with at
+    least twice as many output as input channels (the stem's 3 -> 32, HRNet's downsampling
+    transitions, the offsets convs). Measured per layer of HRNet ``small`` and the warping
+    head at 128x96, batch 16 (``benchmarks/model.py --conv``)."""
+    kh, kw, cin, cout = kernel_shape
+    return kh * kw == 1 or cout >= 2 * cin
+
+
 def _gemm_backward_applies(lhs, rhs, padding, lhs_dilation, dimension_numbers, groups) -> bool:
     if jax.default_backend() != "cpu" or groups != 1 or lhs.ndim != 4 or rhs.ndim != 4:
         return False
@@ -142,21 +160,29 @@ def conv_general_dilated(
     batch_group_count=1,
     precision=None,
     preferred_element_type=None,
+    *,
+    backward: str = "auto",
 ):
-    """``lax.conv_general_dilated``; on the CPU backend, ``conv2d``'s backward where it applies.
+    """``lax.conv_general_dilated``; on the CPU backend, ``conv2d``'s backward where it pays.
 
     Takes ``conv2d``'s path for 2-D NHWC/HWIO convolutions with explicit non-negative
     padding, no input dilation and no feature or batch grouping, when JAX's default backend
-    is the CPU; otherwise (and for ``preferred_element_type``) it calls ``lax`` unchanged.
+    is the CPU and ``backward`` allows it: ``"auto"`` where ``gemm_backward_pays(kernel
+    shape)``, ``"gemm"`` always, ``"lax"`` never. Otherwise (and for
+    ``preferred_element_type``) it calls ``lax`` unchanged.
     """
+    if backward not in ("auto", "gemm", "lax"):
+        raise ValueError(f"backward must be 'auto', 'gemm' or 'lax', got {backward!r}")
     padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
     lhs_dilation = None if lhs_dilation is None else tuple(lhs_dilation)
     if (
         batch_group_count == 1
         and preferred_element_type is None
+        and backward != "lax"
         and _gemm_backward_applies(
             lhs, rhs, padding, lhs_dilation, dimension_numbers, feature_group_count
         )
+        and (backward == "gemm" or gemm_backward_pays(rhs.shape))  # HWIO once it applies
     ):
         strides = tuple(int(s) for s in window_strides)
         dilation = (1, 1) if rhs_dilation is None else tuple(int(d) for d in rhs_dilation)
