@@ -44,7 +44,8 @@ def conv(
     Explicit padding matters for stride 2: 'SAME' would pad (0, 1) on an even input where
     torch pads (1, 1), shifting every output by half a pixel. The convolution is
     ``ops.conv.conv_general_dilated``: ``lax``'s, with a backward pass written as matrix
-    products on CPUs (where XLA's backward convolutions are slow).
+    products on CPUs where the kernel's shape makes that faster
+    (``ops.conv.gemm_backward_pays``).
     """
     p = dilation * (kernel_size // 2)
     return nn.Conv(

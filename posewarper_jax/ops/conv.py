@@ -20,7 +20,7 @@ libraries' backward passes are the fast ones).
 
 The im2col/col2im arrays hold ``kh * kw * Cin`` values per output pixel, against ``Cout``
 multiply-adds per value in the matrix products: with few output channels and a large patch
-(HRNet's 3x3 transition from 128 to 16 channels: 5x slower than ``lax``'s backward on the
+(HRNet's 3x3 transition from 128 to 16 channels: 4-5x slower than ``lax``'s backward on the
 CPU this was measured on) the GEMM backward is memory-bound, while for 1x1 convolutions
 (no im2col at all), widening convolutions and the warping head's offsets convs
 (32 -> 306 channels) it is 1.5-3x faster than ``lax``'s.
@@ -132,7 +132,7 @@ def gemm_backward_pays(kernel_shape) -> bool:
     1x1 kernels (the products read the input and gradient as they are), and kernels with at
     least twice as many output as input channels (the stem's 3 -> 32, HRNet's downsampling
     transitions, the offsets convs). Measured per layer of HRNet ``small`` and the warping
-    head at 128x96, batch 16 (``benchmarks/model.py --conv``)."""
+    head at 128x96, batch 16 (``benchmarks/conv_backward.py`` checks it on another CPU)."""
     kh, kw, cin, cout = kernel_shape
     return kh * kw == 1 or cout >= 2 * cin
 
