@@ -24,6 +24,7 @@ step itself is ``benchmarks/model.py --conv project|lax|gemm``.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import importlib.util
 import json
@@ -82,16 +83,22 @@ def time_shape(x_shape, k_shape, strides, padding, dilation, iters: int) -> dict
     return out
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv=None) -> None:
     from posewarper_jax.models import layers
     from posewarper_jax.ops.conv import gemm_backward_pays
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    top = None
-    if "--top" in argv:  # this script's own flag; the others are benchmarks/model.py's
-        i = argv.index("--top")
-        top = int(argv[i + 1])
-        del argv[i : i + 2]
+    # This script's own flag; the others are benchmarks/model.py's.
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--top", type=_positive_int, default=None)
+    known, argv = own.parse_known_args(sys.argv[1:] if argv is None else argv)
+    top = known.top
     if not any(a == "--cases" or a.startswith("--cases=") for a in argv):
         argv += ["--cases", ",".join(_TRAINED)]
     model = _model_module()

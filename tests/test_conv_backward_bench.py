@@ -43,9 +43,13 @@ def test_tiny_steps_layer_by_layer():
         assert total["best_ms"] <= min(total["lax_ms"], total["gemm_ms"], total["rule_ms"]) + 0.01
 
 
-def test_refuses_a_conv_flag():
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--conv", "lax"], "drop --conv"), (["--top", "0"], "--top"), (["--top", "x"], "--top")],
+)
+def test_refuses_bad_flags(flags, message):
     proc = subprocess.run(
-        [sys.executable, SCRIPT, "--quick", "--conv", "lax"],
+        [sys.executable, SCRIPT, "--quick", *flags],
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )  # fmt: skip
-    assert proc.returncode != 0 and "drop --conv" in proc.stderr
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
